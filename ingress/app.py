@@ -1,0 +1,71 @@
+"""The aiohttp application: routes, and the broker link opened and closed in ``cleanup_ctx``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from ingress.auth import BasicAuth
+from ingress.callback import handle_callback
+from ingress.state import STATE, IngressState
+from shared.broker import BrokerLink
+from shared.metrics import CONTENT_TYPE_LATEST, IngressMetrics, render
+from shared.settings import Settings
+
+log = logging.getLogger("botrelay.ingress")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    if state.closing:
+        return web.json_response({"status": "shutting down"}, status=503)
+    if not state.broker.ready:
+        return web.json_response({"status": "broker unavailable"}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = render(request.app[STATE].metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def make_app(settings: Settings, *, broker: BrokerLink | None = None,
+             wait_for_broker: bool = False) -> web.Application:
+    """The ingress app. ``broker`` lets tests and ``botrelay dev`` pass their own link."""
+    # client_max_size makes aiohttp stop reading a body (chunked ones too) past the limit.
+    app = web.Application(client_max_size=settings.max_body)
+    auth = None
+    if settings.callback_username and settings.callback_password:
+        auth = BasicAuth(settings.callback_username, settings.callback_password)
+    state = IngressState(
+        settings=settings,
+        broker=broker or BrokerLink(settings, "botrelay-ingress"),
+        metrics=IngressMetrics(),
+        auth=auth,
+    )
+    app[STATE] = state
+
+    async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
+        await state.broker.start(wait=wait_for_broker)
+        yield
+        await state.broker.close()
+
+    async def on_shutdown(app: web.Application) -> None:
+        # Readiness goes 503 first so a load balancer stops sending; requests in flight finish.
+        state.closing = True
+
+    app.cleanup_ctx.append(broker_ctx)
+    app.on_shutdown.append(on_shutdown)
+    app.router.add_post("/callback", handle_callback)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    if not auth:
+        log.warning("BOTRELAY_CALLBACK_USERNAME/_PASSWORD not set: /callback accepts any caller")
+    return app

@@ -1,0 +1,105 @@
+"""``POST /callback``: the one hot path. Each answer is in the design's table:
+
+auth 401 -> size 413 -> content type 415 -> JSON/shape 400 -> ignored 200 -> publish -> 200 / 503.
+Nothing is published unless every check passed; 200 "queued" only after the broker's confirm.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from ingress.state import STATE, IngressState
+from shared.broker import PUBLISH_ERRORS, BrokerUnavailable, make_message
+from shared.errors import PayloadError
+from shared.headers import ATTEMPT, CONVERSATION, RECEIVED_AT, TRIGGER
+from shared.payloads import parse_body
+from shared.topology import INBOUND_KEY
+
+# How long a sender should wait after a 503 before posting again.
+RETRY_AFTER_SECONDS = "2"
+_JSON = "application/json"
+
+
+def _json(status: int, doc: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=status, body=orjson.dumps(doc), content_type=_JSON, headers=headers
+    )
+
+
+def _reject(state: IngressState, status: int, reason: str, error: str, detail: str,
+            headers: dict[str, str] | None = None) -> web.Response:
+    state.metrics.callbacks.labels("rejected", reason).inc()
+    return _json(status, {"error": error, "detail": detail}, headers)
+
+
+def _unavailable(state: IngressState, detail: str) -> web.Response:
+    state.metrics.callbacks.labels("unavailable", "broker").inc()
+    return _json(
+        503,
+        {"error": "service unavailable", "detail": detail},
+        {"Retry-After": RETRY_AFTER_SECONDS},
+    )
+
+
+async def handle_callback(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    started = time.perf_counter()
+    try:
+        return await _answer(request, state)
+    finally:
+        state.metrics.request_seconds.observe(time.perf_counter() - started)
+
+
+async def _answer(request: web.Request, state: IngressState) -> web.Response:
+    settings = state.settings
+    if state.auth is not None and not state.auth.check(request.headers.get("Authorization")):
+        return _reject(state, 401, "auth", "unauthorized", "missing or wrong Basic credentials",
+                       {"WWW-Authenticate": 'Basic realm="botrelay", charset="UTF-8"'})
+    length = request.content_length
+    if length is not None and length > settings.max_body:
+        return _reject(state, 413, "too_large", "body too large",
+                       f"{length} bytes, the limit is {settings.max_body}")
+    if request.content_type != _JSON:
+        return _reject(state, 415, "content_type", "unsupported media type",
+                       f"expected {_JSON}, got {request.content_type or 'nothing'}")
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return _reject(state, 413, "too_large", "body too large",
+                       f"more than {settings.max_body} bytes")
+    try:
+        callback = parse_body(body)
+    except PayloadError as exc:
+        reason = "bad_json" if exc.error == "invalid JSON" else "bad_shape"
+        return _reject(state, 400, reason, exc.error, exc.detail)
+    if callback.ignore_reason is not None:
+        reason = "own_message" if callback.message is not None else "unhandled_trigger"
+        state.metrics.callbacks.labels("ignored", reason).inc()
+        return _json(200, {"status": "ignored", "reason": callback.ignore_reason})
+    if state.closing:
+        return _unavailable(state, "shutting down")
+
+    message = make_message(
+        body,
+        message_id=callback.dedup_key,
+        headers={
+            ATTEMPT: 1,
+            RECEIVED_AT: int(time.time() * 1000),
+            TRIGGER: callback.trigger,
+            CONVERSATION: callback.conversation_id,
+        },
+    )
+    try:
+        await state.broker.publish(message, INBOUND_KEY, timeout=settings.publish_timeout)
+    except BrokerUnavailable:
+        return _unavailable(state, "the message broker is not reachable")
+    except TimeoutError:
+        return _unavailable(state, "the message broker did not confirm in time")
+    except PUBLISH_ERRORS as exc:
+        return _unavailable(state, f"the message broker refused the message ({type(exc).__name__})")
+    state.metrics.callbacks.labels("queued", "").inc()
+    return _json(200, {"status": "queued", "id": callback.dedup_key})

@@ -1,0 +1,24 @@
+"""What the ingress keeps for its lifetime, stored on the app under a typed key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from ingress.auth import BasicAuth
+from shared.broker import BrokerLink
+from shared.metrics import IngressMetrics
+from shared.settings import Settings
+
+
+@dataclass
+class IngressState:
+    settings: Settings
+    broker: BrokerLink
+    metrics: IngressMetrics
+    auth: BasicAuth | None
+    closing: bool = False
+
+
+STATE: web.AppKey[IngressState] = web.AppKey("botrelay_state", IngressState)

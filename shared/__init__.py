@@ -1,0 +1,1 @@
+"""Code shared by the botrelay ingress and workers: settings, payloads, topology, broker, logs."""

@@ -1,0 +1,251 @@
+"""The ``botrelay`` command. Exit codes: 0 success, 1 failure, 2 usage error.
+
+Expected problems (broker unreachable, bad setting, unknown app) print one clear line, no
+traceback. Each command imports only what it runs, so ``botrelay ingress`` never loads the bot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Coroutine, Sequence
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from shared import logs
+from shared.errors import BotrelayError, SettingsError
+from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from worker.bot import Bot
+
+log = logging.getLogger("botrelay")
+
+DEFAULT_APP = "examples.echo_bot:bot"
+
+
+class UsageError(BotrelayError):
+    """A command-line mistake: exit code 2."""
+
+
+def load_bot(spec: str) -> Bot:
+    """Import ``MODULE:ATTR`` (from the current directory too) and check it is a ``Bot``."""
+    from worker.bot import Bot
+
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise UsageError(f"--app must look like MODULE:ATTR (e.g. {DEFAULT_APP}), not {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise BotrelayError(f"unknown app {spec!r}: cannot import {exc.name!r}") from None
+    bot = getattr(module, attr, None)
+    if not isinstance(bot, Bot):
+        raise BotrelayError(f"unknown app {spec!r}: {attr!r} in {module_name} is not a worker.Bot")
+    return bot
+
+
+def _install_loop(settings: Settings) -> None:
+    if settings.uvloop:
+        try:
+            import uvloop
+        except ImportError:
+            return
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def _run(coro: Coroutine[Any, Any, None], settings: Settings) -> None:
+    _install_loop(settings)
+    asyncio.run(coro)
+
+
+async def _until_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+async def run_ingress(settings: Settings) -> None:
+    from aiohttp import web
+
+    from ingress.app import make_app
+
+    runner = web.AppRunner(make_app(settings), access_log=None,
+                           shutdown_timeout=settings.shutdown_grace)
+    await runner.setup()
+    await web.TCPSite(runner, settings.host, settings.port, backlog=1024).start()
+    log.info("ingress listening on http://%s:%d/callback", settings.host, settings.port)
+    try:
+        await _until_signal()
+    finally:
+        log.info("ingress shutting down")
+        await runner.cleanup()
+
+
+async def run_worker(settings: Settings, bot: Bot) -> None:
+    from worker.service import Worker
+
+    worker = Worker(settings, bot)
+    await asyncio.wait_for(worker.start(), timeout=30)
+    if settings.metrics_port:
+        await worker.serve_metrics(settings.metrics_port)
+    try:
+        await _until_signal()
+    finally:
+        log.info("worker shutting down")
+        await worker.stop()
+
+
+async def run_fake(port: int, host: str, config: dict[str, Any]) -> None:
+    from aiohttp import web
+
+    from shared.fake_cometchat import FakeCometChat, FakeConfig
+
+    fake = FakeCometChat(FakeConfig(**config), echo=True)
+    runner = web.AppRunner(fake.app(), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    print(f"fake CometChat reply API on http://{host}:{port}; set "
+          f"BOTRELAY_COMETCHAT_API_BASE=http://{host}:{port}/{{appId}}/v3", flush=True)
+    try:
+        await _until_signal()
+    finally:
+        await runner.cleanup()
+
+
+async def run_dlq(settings: Settings, args: argparse.Namespace) -> None:
+    from worker import dlq
+
+    if args.dlq_command == "list":
+        letters = await dlq.list_letters(settings, args.limit)
+        if args.json:
+            print(orjson.dumps([x.as_json() for x in letters]).decode())
+            return
+        if not letters:
+            print("the dead-letter queue is empty")
+            return
+        print(f"{'ID':<44} {'TRIGGER':<14} {'CONVERSATION':<30} {'TRIES':>5} {'AGE':>7}  ERROR")
+        for x in letters:
+            print(f"{x.id:<44} {x.trigger:<14} {x.conversation:<30} {x.attempts:>5} "
+                  f"{x.age_seconds:>6.0f}s  {x.error}")
+        print(f"{len(letters)} dead letter(s)")
+        return
+    selection = dlq.Selection(ids=frozenset(args.id or ()), trigger=args.trigger,
+                              error=args.error, everything=getattr(args, "all", False))
+    if args.dlq_command == "replay":
+        if not (selection.everything or selection.ids or args.trigger or args.error):
+            raise UsageError("say what to replay: --all, --id ID, --trigger T or --error SUBSTR")
+        report = await dlq.replay(settings, selection, limit=args.limit, dry_run=args.dry_run)
+        verb = "would replay" if args.dry_run else "replayed"
+    else:
+        if not (selection.ids or args.yes):
+            raise UsageError("purging every dead letter needs --yes (or pick some with --id)")
+        if not selection.ids:
+            selection = dlq.Selection(everything=True, trigger=args.trigger, error=args.error)
+        report = await dlq.purge(settings, selection, dry_run=args.dry_run)
+        verb = "would purge" if args.dry_run else "purged"
+    if args.json:
+        print(orjson.dumps({"matched": [x.as_json() for x in report.matched],
+                            "moved": report.moved, "dry_run": args.dry_run}).decode())
+    else:
+        print(f"{verb} {len(report.matched) if args.dry_run else report.moved} of "
+              f"{report.seen} dead letter(s) examined")
+
+
+# --- argument parsing -------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="botrelay", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("ingress", help="the HTTP ingress")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+
+    p = sub.add_parser("worker", help="a worker running a bot")
+    p.add_argument("--app", default=DEFAULT_APP, help="MODULE:ATTR of a worker.Bot")
+    p.add_argument("--concurrency", type=int)
+    p.add_argument("--metrics-port", type=int, help="0 disables the metrics server")
+
+    p = sub.add_parser("fake-cometchat", help="a local stand-in for the reply API")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=9000)
+    p.add_argument("--fail-rate", type=float, default=0.0)
+    p.add_argument("--fail-status", type=int, default=500)
+    p.add_argument("--latency", type=float, default=0.0)
+    p.add_argument("--rate-limit", type=int, default=0, help="requests/s per app")
+
+    dlq = sub.add_parser("dlq", help="inspect, replay and purge dead letters")
+    dsub = dlq.add_subparsers(dest="dlq_command", required=True)
+    p = dsub.add_parser("list", help="dead letters with id, trigger, attempts, error, age")
+    p.add_argument("--limit", type=int)
+    p.add_argument("--json", action="store_true")
+    for name, text in (("replay", "move dead letters back to the inbound queue"),
+                       ("purge", "drop dead letters")):
+        p = dsub.add_parser(name, help=text)
+        if name == "replay":
+            p.add_argument("--all", action="store_true")
+            p.add_argument("--limit", type=int)
+        else:
+            p.add_argument("--yes", action="store_true", help="confirm purging")
+        p.add_argument("--id", action="append", metavar="ID")
+        p.add_argument("--trigger")
+        p.add_argument("--error", metavar="SUBSTR")
+        p.add_argument("--dry-run", action="store_true")
+        p.add_argument("--json", action="store_true")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    flags = {name: getattr(args, name, None) for name in
+             ("host", "port", "concurrency", "metrics_port")}
+    return Settings.from_env(**flags)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = _settings(args)
+        logs.configure(settings)
+        if args.command == "ingress":
+            _run(run_ingress(settings), settings)
+        elif args.command == "worker":
+            _run(run_worker(settings, load_bot(args.app)), settings)
+        elif args.command == "fake-cometchat":
+            config = {"fail_rate": args.fail_rate, "fail_status": args.fail_status,
+                      "latency": args.latency, "rate_limit": args.rate_limit}
+            _run(run_fake(args.port, args.host, config), settings)
+        elif args.command == "dlq":
+            _run(run_dlq(settings, args), settings)
+    except UsageError as exc:
+        print(f"botrelay: {exc}", file=sys.stderr)
+        return 2
+    except SettingsError as exc:
+        print(f"botrelay: bad setting: {exc}", file=sys.stderr)
+        return 2
+    except BotrelayError as exc:
+        print(f"botrelay: {exc}", file=sys.stderr)
+        return 1
+    except (OSError, TimeoutError) as exc:
+        print(f"botrelay: cannot connect: {exc or type(exc).__name__}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

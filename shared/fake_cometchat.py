@@ -1,0 +1,181 @@
+"""A local stand-in for CometChat's "send bot message" API, for trying bots, tests and benchmarks.
+
+It records every accepted reply and can misbehave on demand:
+
+- ``fail_rate`` + ``fail_status``: answer that status (500, 429, ...) to a random share of requests;
+- ``status_for_receiver``: always answer a status for one receiver (e.g. 400);
+- ``latency``: answer slowly; ``hang_first``: never answer the first N requests;
+- ``rate_limit``: at most N requests per second per app (path prefix), else 429 with
+  ``Retry-After`` and ``X-RateLimit-Reset``;
+- ``fail_first``: answer ``fail_status`` to the first N requests.
+
+Control it in-process (``FakeCometChat.config``) or over HTTP: ``GET /_fake/replies``,
+``POST /_fake/config`` (JSON of the fields above), ``POST /_fake/reset``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+
+@dataclass
+class FakeConfig:
+    fail_rate: float = 0.0
+    fail_status: int = 500
+    fail_first: int = 0
+    status_for_receiver: dict[str, int] = field(default_factory=dict)
+    latency: float = 0.0
+    hang_first: int = 0
+    rate_limit: int = 0  # requests per second per app; 0 = unlimited
+    seed: int | None = None
+
+
+@dataclass
+class Recorded:
+    path: str
+    apikey: str | None
+    body: dict[str, Any]
+    at: float
+
+
+class FakeCometChat:
+    def __init__(self, config: FakeConfig | None = None, *, echo: bool = False) -> None:
+        self.config = config or FakeConfig()
+        self.echo = echo  # print each reply (the CLI command)
+        self.replies: list[Recorded] = []
+        self.requests = 0
+        self.statuses: dict[int, int] = defaultdict(int)
+        self._windows: dict[str, tuple[int, int]] = {}  # app -> (second, count)
+        self._rng = random.Random(self.config.seed)
+        self._id = 0
+
+    def reset(self) -> None:
+        self.replies.clear()
+        self.requests = 0
+        self.statuses.clear()
+        self._windows.clear()
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post(r"/{prefix:.*}bots/{bot}/messages", self.handle)
+        app.router.add_get("/_fake/replies", self.list_replies)
+        app.router.add_post("/_fake/config", self.set_config)
+        app.router.add_post("/_fake/reset", self.reset_handler)
+        return app
+
+    def _answer(self, status: int, code: str, message: str,
+                headers: dict[str, str] | None = None) -> web.Response:
+        self.statuses[status] += 1
+        body = {"error": {"code": code, "message": message}}
+        return web.json_response(body, status=status, headers=headers, dumps=_dumps)
+
+    def _rate_limited(self, app_key: str) -> web.Response | None:
+        limit = self.config.rate_limit
+        if not limit:
+            return None
+        now = time.time()
+        second = int(now)
+        window, count = self._windows.get(app_key, (second, 0))
+        if window != second:
+            window, count = second, 0
+        if count >= limit:
+            reset = math.ceil(now) if math.ceil(now) > now else second + 1
+            return self._answer(429, "ERR_TOO_MANY_REQUESTS", "rate limit exceeded", {
+                "Retry-After": "1", "X-RateLimit-Reset": str(reset),
+                "X-RateLimit-Limit": str(limit)})
+        self._windows[app_key] = (window, count + 1)
+        return None
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.requests += 1
+        number = self.requests
+        cfg = self.config
+        if number <= cfg.hang_first:
+            await asyncio.sleep(3600)
+        if cfg.latency:
+            await asyncio.sleep(cfg.latency)
+        raw = await request.read()
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return self._answer(400, "ERR_BAD_REQUEST", "body is not JSON")
+        if not isinstance(body, dict) or not body.get("receiver"):
+            return self._answer(400, "ERR_BAD_REQUEST", "receiver is required")
+        limited = self._rate_limited(request.match_info["prefix"])
+        if limited is not None:
+            return limited
+        status = cfg.status_for_receiver.get(str(body["receiver"]))
+        if status is None and (number <= cfg.fail_first or (
+                cfg.fail_rate and self._rng.random() < cfg.fail_rate)):
+            status = cfg.fail_status
+        if status is not None:
+            return self._answer(status, f"ERR_{status}", "injected failure")
+        self.replies.append(Recorded(request.path, request.headers.get("apikey"), body,
+                                     time.time()))
+        self.statuses[200] += 1
+        if self.echo:
+            data = body.get("data") or {}
+            print(f"reply -> {body.get('receiverType')} {body.get('receiver')}: "
+                  f"{data.get('text', body.get('type'))}", flush=True)
+        self._id += 1
+        return web.json_response({"data": {"id": str(self._id), **body}}, dumps=_dumps)
+
+    async def list_replies(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {"replies": [asdict(r) for r in self.replies], "requests": self.requests,
+             "statuses": dict(self.statuses)}, dumps=_dumps)
+
+    async def set_config(self, request: web.Request) -> web.Response:
+        doc = await request.json(loads=orjson.loads)
+        known = {f.name for f in fields(FakeConfig)}
+        unknown = set(doc) - known
+        if unknown:
+            return web.json_response({"error": f"unknown fields: {sorted(unknown)}"}, status=400)
+        for name, value in doc.items():
+            setattr(self.config, name, value)
+        return web.json_response(asdict(self.config), dumps=_dumps)
+
+    async def reset_handler(self, request: web.Request) -> web.Response:
+        self.reset()
+        return web.json_response({"status": "reset"})
+
+
+def _dumps(obj: Any) -> str:
+    return orjson.dumps(obj).decode()
+
+
+class RunningFake:
+    """A fake served on 127.0.0.1 on a free port, for tests and benchmarks."""
+
+    def __init__(self, fake: FakeCometChat | None = None) -> None:
+        self.fake = fake or FakeCometChat()
+        self.runner: web.AppRunner | None = None
+        self.port = 0
+
+    @property
+    def base(self) -> str:
+        """Value for ``BOTRELAY_COMETCHAT_API_BASE``."""
+        return f"http://127.0.0.1:{self.port}/{{appId}}/v3"
+
+    async def __aenter__(self) -> RunningFake:
+        self.runner = web.AppRunner(self.fake.app(), access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()

@@ -1,0 +1,115 @@
+"""Logging set-up: JSON lines by default, ``text`` for humans; secrets are scrubbed on the way out.
+
+Message lines carry ``key``, ``trigger``, ``conversation``, ``attempt`` and ``outcome`` as fields
+(pass them with ``extra=``), so a log search for one dedup key finds its whole story.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import time
+from typing import Any
+
+import orjson
+
+from shared.settings import Settings
+
+FIELDS = ("key", "trigger", "conversation", "attempt", "outcome", "delay", "error", "worker")
+
+# Belt and braces: the code never logs secrets, and this catches what a library might.
+_SECRET_PATTERNS = (
+    re.compile(r"(?i)(authorization['\"]?\s*[:=]\s*['\"]?)(?:basic|bearer)\s+[A-Za-z0-9+/=._-]+"),
+    re.compile(r"(?i)(apikey['\"]?\s*[:=]\s*['\"]?)[^\s'\",}]+"),
+    re.compile(r"(amqps?://[^:/@\s]+:)[^@\s]+(@)"),
+    re.compile(r"(rediss?://[^:/@\s]*:)[^@\s]+(@)"),
+)
+
+
+def _mask(match: re.Match[str]) -> str:
+    """Keep the label (group 1) and any closing delimiter (group 2); hide what is between."""
+    suffix = match.group(2) if match.re.groups >= 2 else ""
+    return f"{match.group(1)}***{suffix}"
+
+
+class Redactor(logging.Filter):
+    """Replaces configured secret values and secret-looking patterns with ``***``."""
+
+    def __init__(self, secrets: list[str]) -> None:
+        super().__init__()
+        self.secrets = [s for s in secrets if s and len(s) >= 3]
+
+    def scrub(self, text: str) -> str:
+        for secret in self.secrets:
+            if secret in text:
+                text = text.replace(secret, "***")
+        for pattern in _SECRET_PATTERNS:
+            text = pattern.sub(_mask, text)
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = self.scrub(record.getMessage())
+        record.args = None
+        if record.exc_info and record.exc_info[1] is not None:
+            record.exc_text = self.scrub(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for name in FIELDS:
+            value = getattr(record, name, None)
+            if value is not None:
+                doc[name] = value
+        if record.exc_text:
+            doc["exc"] = record.exc_text
+        return orjson.dumps(doc, default=str).decode()
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+        extras = " ".join(
+            f"{name}={getattr(record, name)}" for name in FIELDS
+            if getattr(record, name, None) is not None
+        )
+        line = f"{stamp} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        if extras:
+            line = f"{line} [{extras}]"
+        if record.exc_text:
+            line = f"{line}\n{record.exc_text}"
+        return line
+
+
+def secrets_of(settings: Settings) -> list[str]:
+    values = [settings.callback_password, settings.cometchat_api_key]
+    for url in (settings.amqp_url, settings.redis_url):
+        if url and "@" in url and "://" in url:
+            creds = url.split("://", 1)[1].rsplit("@", 1)[0]
+            if ":" in creds:
+                values.append(creds.split(":", 1)[1])
+    return [v for v in values if v]
+
+
+def configure(settings: Settings, *, stream: Any = None) -> None:
+    """Install one handler on the root logger, formatted and scrubbed per ``settings``."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if settings.log_format == "json" else TextFormatter())
+    handler.addFilter(Redactor(secrets_of(settings)))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(settings.log_level)
+    # aiormq/aio-pika log every reconnect attempt with tracebacks at WARNING; keep ours instead.
+    for noisy in ("aiormq", "aio_pika"):
+        logging.getLogger(noisy).setLevel(max(logging.ERROR, root.level))
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

@@ -1,0 +1,235 @@
+"""CometChat callbacks parsed into one model, for both payload formats.
+
+- Bot callbacks: ``{"trigger": "after_message", "data": {<message>}, "appId", "region", "bot"}``.
+- Webhooks: ``{"trigger": "message_sent", "data": {"message": {<message>}}, "appId", "region",
+  "webhook"}``.
+
+The ingress uses ``parse_callback`` to validate and route; the worker uses it again to build the
+``Message`` a handler sees. Parsing is strict about the fields botrelay relies on (a 400 names the
+field) and lenient about everything else (CometChat adds fields over time).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from shared.errors import PayloadError
+
+# Triggers whose payload carries a message, and so can be answered.
+MESSAGE_TRIGGERS = frozenset(
+    {
+        "after_message",  # bot callbacks
+        "message_sent",  # webhooks
+        "message_edited",
+        "message_deleted",
+        "user_mentioned",
+    }
+)
+
+RECEIVER_TYPES = frozenset({"user", "group"})
+_MENTION = re.compile(r"<@uid:([^>\s]+)>")
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A typed view of one callback's message; ``raw`` keeps the whole payload."""
+
+    id: str
+    trigger: str
+    app_id: str
+    region: str | None
+    bot: str | None
+    webhook: str | None
+    sender: str
+    receiver: str
+    receiver_type: str
+    conversation_id: str
+    category: str
+    type: str
+    text: str | None
+    data: dict[str, Any]
+    mentions: tuple[str, ...] = ()
+    sent_at: int | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def is_group(self) -> bool:
+        return self.receiver_type == "group"
+
+    @property
+    def reply_receiver(self) -> tuple[str, str]:
+        """Where a plain reply goes: the group in a group chat, else the sender."""
+        if self.is_group:
+            return self.receiver, "group"
+        return self.sender, "user"
+
+    @property
+    def custom_data(self) -> dict[str, Any] | None:
+        value = self.data.get("customData")
+        return value if isinstance(value, dict) else None
+
+    @property
+    def attachments(self) -> list[dict[str, Any]]:
+        value = self.data.get("attachments")
+        return [a for a in value if isinstance(a, dict)] if isinstance(value, list) else []
+
+    @property
+    def command(self) -> str | None:
+        """``"weather"`` for ``"/weather Berlin"``; None when the text is not a command."""
+        if not self.text or not self.text.startswith("/"):
+            return None
+        name = self.text[1:].split(maxsplit=1)[0] if len(self.text) > 1 else ""
+        return name.split("@", 1)[0].lower() or None
+
+    @property
+    def args(self) -> str:
+        """The text after the command word, mentions removed: ``"Berlin"`` for the above."""
+        if not self.text:
+            return ""
+        parts = self.text.split(maxsplit=1)
+        rest = parts[1] if len(parts) > 1 and self.command else self.text
+        return _MENTION.sub("", rest).strip()
+
+    def mentions_uid(self, uid: str | None) -> bool:
+        return uid is not None and uid in self.mentions
+
+
+@dataclass(frozen=True, slots=True)
+class Callback:
+    """One parsed callback: what the ingress needs to route it and the worker to run it."""
+
+    trigger: str
+    app_id: str
+    source: str  # the bot uid or the webhook id
+    dedup_key: str
+    conversation_id: str
+    message: Message | None
+    ignore_reason: str | None = None
+
+
+def loads(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise PayloadError("invalid JSON", str(exc)) from None
+
+
+def _str(doc: dict[str, Any], key: str, where: str, *, required: bool = True) -> str | None:
+    value = doc.get(key)
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)  # CometChat documents string ids; accept numbers rather than reject
+    if value is None and not required:
+        return None
+    if value is None:
+        raise PayloadError("invalid callback", f"missing field '{where}{key}'")
+    raise PayloadError("invalid callback", f"field '{where}{key}' must be a non-empty string")
+
+
+def _conversation(sender: str, receiver: str, receiver_type: str) -> str:
+    if receiver_type == "group":
+        return f"group_{receiver}"
+    low, high = sorted((sender, receiver))
+    return f"{low}_user_{high}"
+
+
+def _mentions(data: dict[str, Any], text: str | None) -> tuple[str, ...]:
+    found: list[str] = []
+    mentioned = data.get("mentions")
+    if isinstance(mentioned, dict):
+        found.extend(str(uid) for uid in mentioned)
+    if text:
+        found.extend(m for m in _MENTION.findall(text) if m not in found)
+    return tuple(dict.fromkeys(found))
+
+
+def _message(doc: dict[str, Any], raw: dict[str, Any], trigger: str, app_id: str,
+             bot: str | None, webhook: str | None) -> Message:
+    where = "data.message." if "message" in raw["data"] else "data."
+    msg_id = _str(doc, "id", where)
+    sender = _str(doc, "sender", where)
+    receiver = _str(doc, "receiver", where)
+    receiver_type = _str(doc, "receiverType", where)
+    assert msg_id and sender and receiver and receiver_type  # required=True guarantees it
+    if receiver_type not in RECEIVER_TYPES:
+        raise PayloadError(
+            "invalid callback", f"field '{where}receiverType' must be 'user' or 'group'"
+        )
+    inner = doc.get("data")
+    if inner is None:
+        inner = {}
+    elif not isinstance(inner, dict):
+        raise PayloadError("invalid callback", f"field '{where}data' must be an object")
+    text = inner.get("text")
+    if text is not None and not isinstance(text, str):
+        raise PayloadError("invalid callback", f"field '{where}data.text' must be a string")
+    conversation = doc.get("conversationId")
+    if not isinstance(conversation, str) or not conversation:
+        conversation = _conversation(sender, receiver, receiver_type)
+    sent_at = doc.get("sentAt")
+    region = raw.get("region")
+    return Message(
+        id=msg_id,
+        trigger=trigger,
+        app_id=app_id,
+        region=region if isinstance(region, str) else None,
+        bot=bot,
+        webhook=webhook,
+        sender=sender,
+        receiver=receiver,
+        receiver_type=receiver_type,
+        conversation_id=conversation,
+        category=str(doc.get("category") or "message"),
+        type=str(doc.get("type") or "text"),
+        text=text,
+        data=inner,
+        mentions=_mentions(inner, text),
+        sent_at=sent_at if isinstance(sent_at, int) and not isinstance(sent_at, bool) else None,
+        raw=raw,
+    )
+
+
+def parse_callback(doc: Any) -> Callback:
+    """Validate a decoded callback and build its ``Callback``; raises ``PayloadError``."""
+    if not isinstance(doc, dict):
+        raise PayloadError("invalid callback", "the body must be a JSON object")
+    trigger = _str(doc, "trigger", "")
+    app_id = _str(doc, "appId", "")
+    bot = _str(doc, "bot", "", required=False)
+    webhook = _str(doc, "webhook", "", required=False)
+    assert trigger and app_id
+    source = bot or webhook
+    if source is None:
+        raise PayloadError("invalid callback", "missing field 'bot' (or 'webhook')")
+    data = doc.get("data")
+    if not isinstance(data, dict):
+        raise PayloadError("invalid callback", "field 'data' must be an object")
+    if trigger not in MESSAGE_TRIGGERS:
+        event_id = data.get("id") if isinstance(data.get("id"), str) else "-"
+        return Callback(trigger, app_id, source, f"{app_id}:{source}:{trigger}:{event_id}",
+                        "", None, ignore_reason=f"unhandled trigger '{trigger}'")
+    inner = data.get("message", data) if bot is None else data
+    if not isinstance(inner, dict):
+        raise PayloadError("invalid callback", "field 'data.message' must be an object")
+    message = _message(inner, doc, trigger, app_id, bot, webhook)
+    ignore = None
+    if bot is not None and message.sender == bot:
+        ignore = "the bot's own message"
+    return Callback(
+        trigger=trigger,
+        app_id=app_id,
+        source=source,
+        dedup_key=f"{app_id}:{source}:{trigger}:{message.id}",
+        conversation_id=message.conversation_id,
+        message=message,
+        ignore_reason=ignore,
+    )
+
+
+def parse_body(body: bytes) -> Callback:
+    return parse_callback(loads(body))

@@ -1,0 +1,140 @@
+"""Exchange and queue names as pure functions of the prefix, and one idempotent ``declare``.
+
+Topology (P = prefix):
+
+- ``P``: durable direct exchange; everything is published here.
+- ``P.inbound``: quorum queue bound with key ``inbound``; callbacks waiting for a worker.
+- ``P.retry.<seconds>``: one quorum queue per retry delay with ``x-message-ttl``. Each is fed by a
+  fanout exchange of the same name, so a retried message keeps the routing key it will need when
+  it comes back: on expiry the queue dead-letters it to ``P`` under that original key
+  (``inbound``). ``x-dead-letter-strategy: at-least-once`` makes that hop survive a broker crash.
+- ``P.dead``: quorum queue bound with key ``dead``; dead letters until replayed or purged.
+
+Every queue rejects publishes when full (``x-overflow: reject-publish``), so a flooded broker
+answers the publisher with a nack (the ingress turns that into 503) instead of dropping anything.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractExchange
+
+from shared.settings import Settings
+
+INBOUND_KEY = "inbound"
+DEAD_KEY = "dead"
+
+# The DLQ and retry queues only hold failures; bound them so a runaway failure loop cannot
+# fill the broker's disk, while leaving far more room than any realistic backlog needs.
+SIDE_QUEUE_MAX_LENGTH = 10_000_000
+
+
+def exchange_name(prefix: str) -> str:
+    return prefix
+
+
+def inbound_queue(prefix: str) -> str:
+    return f"{prefix}.inbound"
+
+
+def dead_queue(prefix: str) -> str:
+    return f"{prefix}.dead"
+
+
+def delay_label(seconds: float) -> str:
+    """``5`` for 5.0 s, ``0.2`` for 0.2 s: the suffix of a retry queue's name."""
+    return f"{seconds:g}"
+
+
+def retry_queue(prefix: str, seconds: float) -> str:
+    return f"{prefix}.retry.{delay_label(seconds)}"
+
+
+def all_queue_names(settings: Settings) -> list[str]:
+    names = [inbound_queue(settings.prefix), dead_queue(settings.prefix)]
+    names.extend(retry_queue(settings.prefix, d) for d in settings.retry_delays)
+    return names
+
+
+def all_exchange_names(settings: Settings) -> list[str]:
+    # Each retry queue has a fanout exchange of the same name feeding it.
+    return [exchange_name(settings.prefix)] + [
+        retry_queue(settings.prefix, d) for d in settings.retry_delays
+    ]
+
+
+def pick_delay(delays: tuple[float, ...], wanted: float) -> float:
+    """The shortest configured delay that is at least ``wanted`` (else the longest)."""
+    for delay in sorted(delays):
+        if delay >= wanted:
+            return delay
+    return max(delays)
+
+
+def delay_for_attempt(delays: tuple[float, ...], attempt: int) -> float:
+    """The delay after failed attempt ``attempt`` (1-based): the n-th entry, then the last."""
+    return delays[min(attempt, len(delays)) - 1]
+
+
+def _quorum(**extra: Any) -> dict[str, Any]:
+    return {"x-queue-type": "quorum", "x-overflow": "reject-publish", **extra}
+
+
+def inbound_arguments(settings: Settings) -> dict[str, Any]:
+    # A message the broker gives up on (a delivery limit reached on RabbitMQ 4.x) goes to the
+    # DLQ instead of vanishing.
+    return _quorum(
+        **{
+            "x-max-length": settings.inbound_max_length,
+            "x-dead-letter-exchange": exchange_name(settings.prefix),
+            "x-dead-letter-routing-key": DEAD_KEY,
+            "x-dead-letter-strategy": "at-least-once",
+        }
+    )
+
+
+def retry_arguments(settings: Settings, seconds: float) -> dict[str, Any]:
+    return _quorum(
+        **{
+            "x-message-ttl": round(seconds * 1000),
+            "x-max-length": SIDE_QUEUE_MAX_LENGTH,
+            "x-dead-letter-exchange": exchange_name(settings.prefix),
+            "x-dead-letter-strategy": "at-least-once",
+        }
+    )
+
+
+def dead_arguments() -> dict[str, Any]:
+    return _quorum(**{"x-max-length": SIDE_QUEUE_MAX_LENGTH})
+
+
+async def declare(channel: AbstractChannel, settings: Settings) -> AbstractExchange:
+    """Declare the whole topology; safe to run any number of times, from any process."""
+    prefix = settings.prefix
+    exchange = await channel.declare_exchange(
+        exchange_name(prefix), aio_pika.ExchangeType.DIRECT, durable=True
+    )
+    inbound = await channel.declare_queue(
+        inbound_queue(prefix), durable=True, arguments=inbound_arguments(settings)
+    )
+    await inbound.bind(exchange, INBOUND_KEY)
+    dead = await channel.declare_queue(dead_queue(prefix), durable=True, arguments=dead_arguments())
+    await dead.bind(exchange, DEAD_KEY)
+    for seconds in settings.retry_delays:
+        name = retry_queue(prefix, seconds)
+        fanout = await channel.declare_exchange(name, aio_pika.ExchangeType.FANOUT, durable=True)
+        queue = await channel.declare_queue(
+            name, durable=True, arguments=retry_arguments(settings, seconds)
+        )
+        await queue.bind(fanout, "")
+    return exchange
+
+
+async def delete(channel: AbstractChannel, settings: Settings) -> None:
+    """Remove everything ``declare`` made (tests and ``botrelay`` tear-down)."""
+    for name in all_queue_names(settings):
+        await channel.queue_delete(name)
+    for name in all_exchange_names(settings):
+        await channel.exchange_delete(name)

@@ -1,0 +1,173 @@
+"""Building callbacks, posting them, and waiting for replies, shared by the integration tests."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+from shared.fake_cometchat import FakeCometChat
+from shared.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures" / "cometchat"
+
+
+def fixture(name: str) -> dict[str, Any]:
+    return orjson.loads((FIXTURES / f"{name}.json").read_bytes())  # type: ignore[no-any-return]
+
+
+def fixture_names() -> list[str]:
+    return sorted(p.stem for p in FIXTURES.glob("*.json"))
+
+
+def text_callback(msg_id: str, text: str, *, sender: str = "cometchat-uid-1",
+                  group: str | None = None, bot: str = "demo_bot",
+                  app_id: str = "2248348660ad9bd4") -> dict[str, Any]:
+    """A bot callback for a text message: 1:1 with the bot, or in ``group``."""
+    doc = copy.deepcopy(fixture("bot_user_text"))
+    data = doc["data"]
+    data["id"] = msg_id
+    data["sender"] = sender
+    data["data"]["text"] = text
+    doc["bot"] = bot
+    doc["appId"] = app_id
+    if group is None:
+        data["receiverType"], data["receiver"] = "user", bot
+        data["conversationId"] = "_user_".join(sorted((sender, bot)))
+    else:
+        data["receiverType"], data["receiver"] = "group", group
+        data["conversationId"] = f"group_{group}"
+    return doc
+
+
+def generated(n: int, *, start: int = 100_000, groups: int = 5, users: int = 40
+              ) -> list[dict[str, Any]]:
+    """``n`` distinct callbacks over many users and some groups."""
+    out = []
+    for i in range(n):
+        msg_id = str(start + i)
+        sender = f"user-{i % users}"
+        group = f"group-{i % groups}" if i % 3 == 0 else None
+        out.append(text_callback(msg_id, f"hello {msg_id}", sender=sender, group=group))
+    return out
+
+
+def expected_reply(doc: dict[str, Any]) -> tuple[str, str, str]:
+    """(receiver, receiverType, text) the echo bot must send for a text callback."""
+    data = doc["data"].get("message", doc["data"])
+    if data["receiverType"] == "group":
+        return data["receiver"], "group", f"echo: {data['data']['text']}"
+    return data["sender"], "user", f"echo: {data['data']['text']}"
+
+
+async def post_all(url: str, docs: Iterable[dict[str, Any]], *, concurrency: int = 32,
+                   auth: aiohttp.BasicAuth | None = None, retry_503: bool = True,
+                   deadline: float = 120.0) -> list[int]:
+    """POST every callback, ``concurrency`` at a time, re-posting on 503 or refused connections
+    (as CometChat would) until ``deadline``; the final statuses."""
+    docs = list(docs)
+    statuses = [0] * len(docs)
+    sem = asyncio.Semaphore(concurrency)
+    stop_at = time.monotonic() + deadline
+
+    async with aiohttp.ClientSession(auth=auth) as session:
+        async def one(i: int, doc: dict[str, Any]) -> None:
+            body = orjson.dumps(doc)
+            async with sem:
+                while True:
+                    try:
+                        async with session.post(url, data=body, headers={
+                                "Content-Type": "application/json"}) as resp:
+                            await resp.read()
+                            statuses[i] = resp.status
+                            if resp.status != 503 or not retry_503:
+                                return
+                    except aiohttp.ClientConnectionError:
+                        statuses[i] = -1
+                        if not retry_503:
+                            return
+                    if time.monotonic() > stop_at:
+                        return
+                    await asyncio.sleep(0.2)
+
+        await asyncio.gather(*(one(i, d) for i, d in enumerate(docs)))
+    return statuses
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float = 60.0,
+                   interval: float = 0.05) -> bool:
+    """Poll ``condition`` until true or ``timeout``; the last value."""
+    stop_at = time.monotonic() + timeout
+    while time.monotonic() < stop_at:
+        if condition():
+            return True
+        await asyncio.sleep(interval)
+    return condition()
+
+
+def reply_counts(fake: FakeCometChat) -> Counter[str]:
+    """How many replies each text got (texts are unique per callback in these tests)."""
+    return Counter(r.body["data"].get("text", "") for r in fake.replies)
+
+
+def muid_counts(fake: FakeCometChat) -> Counter[str]:
+    return Counter(r.body.get("muid", "") for r in fake.replies)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The env vars that reproduce ``settings`` in a child process."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BOTRELAY_")}
+    names = settings.env_names()
+    for field_name, env_name in names.items():
+        value = getattr(settings, field_name)
+        if value is None:
+            continue
+        if isinstance(value, tuple):
+            value = ",".join(f"{v:g}" for v in value)
+        elif isinstance(value, bool):
+            value = "true" if value else "false"
+        env[env_name] = str(value)
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+class WorkerProcess:
+    """``python -m worker`` in a child process, killed (or stopped) by the test."""
+
+    def __init__(self, settings: Settings, app: str = "examples.echo_bot:bot",
+                 extra_env: dict[str, str] | None = None, log_path: Path | None = None) -> None:
+        env = settings_env(settings)
+        env["BOTRELAY_METRICS_PORT"] = "0"
+        env.update(extra_env or {})
+        self.log_path = log_path
+        out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "worker", "--app", app, "--metrics-port", "0"],
+            env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+        )
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def terminate(self, timeout: float = 40.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.proc.returncode

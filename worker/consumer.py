@@ -1,0 +1,203 @@
+"""The per-delivery path: decode -> dedup -> handler -> replies -> mark done -> settle.
+
+``Consumer.process`` is the one place a delivery's fate is decided, by what was raised:
+
+- ``PayloadError`` / ``PermanentError`` -> dead letter now (retrying cannot fix it);
+- ``DedupUnavailable`` -> delay without counting an attempt (never reply without a record);
+- ``Retry`` or anything else -> a later attempt via a retry queue, or the DLQ after the last.
+
+Deliveries of one conversation run one after another in arrival order; different conversations
+run concurrently, up to the prefetch (``BOTRELAY_CONCURRENCY``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aio_pika.abc import AbstractIncomingMessage
+
+from shared.broker import PUBLISH_ERRORS
+from shared.errors import (
+    DedupUnavailable,
+    PayloadError,
+    PermanentError,
+    Retry,
+    TransientError,
+)
+from shared.headers import CONVERSATION, RECEIVED_AT
+from shared.metrics import WorkerMetrics
+from shared.payloads import Message, parse_body
+from shared.settings import Settings
+from shared.topology import delay_for_attempt
+from worker.bot import Bot
+from worker.dedup import Claim, DedupStore, Status
+from worker.reply import muid
+from worker.reply_client import ReplyClient
+from worker.retry import Mover, attempt_of
+
+log = logging.getLogger("botrelay.worker")
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    name: str  # replied, no_reply, ignored, duplicate, busy
+    replies: int = 0
+
+
+class Consumer:
+    def __init__(self, settings: Settings, bot: Bot, dedup: DedupStore, replies: ReplyClient,
+                 mover: Mover, metrics: WorkerMetrics) -> None:
+        self.settings = settings
+        self.bot = bot
+        self.dedup = dedup
+        self.replies = replies
+        self.mover = mover
+        self.metrics = metrics
+        self._tails: dict[str, asyncio.Event] = {}
+        self.in_flight = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    async def on_delivery(self, delivery: AbstractIncomingMessage) -> None:
+        """Consumer callback. The chain entry is made before the first await, so deliveries of
+        one conversation queue up in the order the broker delivered them."""
+        conversation = str((delivery.headers or {}).get(CONVERSATION) or "")
+        previous = self._tails.get(conversation)
+        mine = asyncio.Event()
+        self._tails[conversation] = mine
+        self.in_flight += 1
+        self.idle.clear()
+        self.metrics.in_flight.inc()
+        try:
+            if previous is not None:
+                await previous.wait()
+            await self.process(delivery)
+        finally:
+            mine.set()
+            if self._tails.get(conversation) is mine:
+                del self._tails[conversation]
+            self.in_flight -= 1
+            self.metrics.in_flight.dec()
+            if self.in_flight == 0:
+                self.idle.set()
+
+    async def process(self, delivery: AbstractIncomingMessage) -> None:
+        attempt = attempt_of(delivery)
+        fields: dict[str, Any] = {"key": delivery.message_id, "attempt": attempt,
+                                  "conversation": (delivery.headers or {}).get(CONVERSATION)}
+        outcome = "dead_lettered"
+        try:
+            try:
+                result = await self._run(delivery)
+            except (PayloadError, PermanentError) as exc:
+                await self.mover.to_dead(delivery, exc, permanent=True)
+                fields["error"] = str(exc)
+                log.warning("dead-lettered: permanent failure", extra=fields)
+                return
+            except DedupUnavailable as exc:
+                self.metrics.dedup_unavailable.inc()
+                delay = await self.mover.to_retry(delivery, attempt=attempt,
+                                                  delay=self.settings.retry_delays[0])
+                outcome = "delayed"
+                log.warning("delayed: dedup store unavailable, not replying unrecorded",
+                            extra={**fields, "delay": delay, "error": str(exc)})
+                return
+            except Exception as exc:  # Retry, TransientError, or a bug in the handler
+                outcome = await self._fail(delivery, attempt, exc, fields)
+                return
+            if result.name == "busy":
+                # Another live worker holds the claim: come back after the shortest delay.
+                await self.mover.to_retry(delivery, attempt=attempt,
+                                          delay=self.settings.retry_delays[0])
+                outcome = "delayed"
+            else:
+                await delivery.ack()
+                outcome = result.name
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("settled", extra={**fields, "outcome": outcome})
+        except PUBLISH_ERRORS as exc:
+            # Could not move or ack it (broker gone): the broker redelivers it, dedup holds.
+            outcome = "unsettled"
+            log.error("could not settle delivery; the broker will redeliver it",
+                      extra={**fields, "error": repr(exc)})
+            with contextlib.suppress(*PUBLISH_ERRORS):
+                await delivery.nack(requeue=True)
+        finally:
+            self.metrics.deliveries.labels(outcome).inc()
+
+    async def _fail(self, delivery: AbstractIncomingMessage, attempt: int, exc: Exception,
+                    fields: dict[str, Any]) -> str:
+        fields = {**fields, "error": f"{type(exc).__name__}: {exc}"}
+        if attempt >= self.settings.max_attempts:
+            await self.mover.to_dead(delivery, exc, permanent=False)
+            log.warning("dead-lettered: attempts exhausted", extra=fields)
+            return "dead_lettered"
+        wanted = exc.delay if isinstance(exc, Retry) and exc.delay is not None else (
+            delay_for_attempt(self.settings.retry_delays, attempt))
+        delay = await self.mover.to_retry(delivery, attempt=attempt + 1, delay=wanted)
+        level = logging.INFO if isinstance(exc, Retry | TransientError) else logging.WARNING
+        log.log(level, "retrying later", extra={**fields, "delay": delay},
+                exc_info=level == logging.WARNING)
+        return "retried"
+
+    async def _run(self, delivery: AbstractIncomingMessage) -> Outcome:
+        callback = parse_body(delivery.body)
+        msg = callback.message
+        if msg is None or callback.ignore_reason is not None or self.bot.is_own(msg):
+            return Outcome("ignored")
+        key = callback.dedup_key
+        claim = await self.dedup.claim(key)
+        if claim.status is Status.DONE:
+            return Outcome("duplicate")
+        if claim.status is Status.BUSY:
+            return Outcome("busy")
+        try:
+            sent = await self._answer(msg, key, claim)
+        except BaseException:
+            with contextlib.suppress(DedupUnavailable):
+                await self.dedup.release(key, claim.token)
+            raise
+        await self._mark_done(key, claim.token)
+        received = (delivery.headers or {}).get(RECEIVED_AT)
+        if sent and isinstance(received, int):
+            self.metrics.end_to_end_seconds.observe(max(0.0, time.time() - received / 1000))
+        return Outcome("replied" if sent else "no_reply", sent)
+
+    async def _answer(self, msg: Message, key: str, claim: Claim) -> int:
+        started = time.perf_counter()
+        try:
+            replies = await asyncio.wait_for(self.bot.dispatch(msg), self.settings.handler_timeout)
+        except TimeoutError:
+            raise TransientError(
+                f"handler did not finish within {self.settings.handler_timeout:g}s"
+            ) from None
+        finally:
+            self.metrics.handler_seconds.observe(time.perf_counter() - started)
+        if not replies:
+            return 0
+        bot_uid = msg.bot or self.bot.uid or msg.receiver
+        url = self.replies.url(msg.app_id, msg.region, bot_uid)
+        # Build every body first: an invalid reply fails the message before anything is sent.
+        bodies = [reply.body(msg, muid(key, i)) for i, reply in enumerate(replies)]
+        for i in range(claim.sent, len(bodies)):
+            await self.replies.send(url, bodies[i])
+            if i + 1 < len(bodies):
+                await self.dedup.progress(key, i + 1)
+        return len(bodies)
+
+    async def _mark_done(self, key: str, token: str) -> None:
+        """The replies are out: recording that must not fail lightly, or a redelivery would
+        answer again. Keep trying for a few seconds (well within the lease)."""
+        for pause in (0.0, 0.2, 0.5, 1.0, 2.0):
+            await asyncio.sleep(pause)
+            try:
+                await self.dedup.done(key, token)
+                return
+            except DedupUnavailable:
+                log.warning("could not record a sent reply yet; retrying", extra={"key": key})
+        await self.dedup.done(key, token)

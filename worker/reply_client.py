@@ -1,0 +1,185 @@
+"""The reply client: one aiohttp session, tenacity around each POST, ``Retry-After`` honoured.
+
+Only what ``RETRYABLE`` names is retried, and only within the inline budget
+(``BOTRELAY_REPLY_BUDGET``); past it, the failure becomes a ``TransientError`` and the message
+takes the slow path through a retry queue. A 4xx other than 408/429 is ``ReplyRejected``
+(permanent): the request itself is wrong and sending it again cannot help.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_before_delay,
+    wait_exponential_jitter,
+)
+
+from shared.errors import PermanentError, TransientError
+from shared.metrics import WorkerMetrics
+from shared.settings import Settings
+
+log = logging.getLogger("botrelay.reply")
+
+# Longest wait botrelay accepts from a Retry-After; more than this goes to the retry queues.
+MAX_RETRY_AFTER = 120.0
+
+
+class ReplyRejected(PermanentError):
+    """The reply API refused the request (4xx other than 408/429)."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"reply API answered {status}: {detail}")
+        self.status = status
+
+
+class ReplyFailed(TransientError):
+    """The reply API answered 408, 429 or 5xx; ``retry_after`` is its hint in seconds."""
+
+    def __init__(self, status: int, detail: str, retry_after: float | None) -> None:
+        super().__init__(f"reply API answered {status}: {detail}")
+        self.status = status
+        self.retry_after = retry_after
+
+
+# The single definition of what the reply client retries.
+RETRYABLE: tuple[type[BaseException], ...] = (
+    ReplyFailed,
+    aiohttp.ClientConnectionError,
+    aiohttp.ClientPayloadError,
+    asyncio.TimeoutError,
+)
+
+_RETRY_STATUSES = frozenset({408, 429})
+
+
+def retry_after_seconds(headers: Any, now: float | None = None) -> float | None:
+    """Seconds to wait from ``Retry-After`` (seconds or HTTP date) or ``X-RateLimit-Reset`` /
+    ``X-Rate-Limit-Reset`` (Unix time, seconds or ms); header names are case-insensitive."""
+    now = time.time() if now is None else now
+    value = headers.get("Retry-After")
+    if value:
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            parsed = email.utils.parsedate_to_datetime(value) if "," in value else None
+            if parsed is not None:
+                return max(0.0, parsed.timestamp() - now)
+    for name in ("X-RateLimit-Reset", "X-Rate-Limit-Reset"):
+        value = headers.get(name)
+        if value:
+            try:
+                reset = float(value)
+            except ValueError:
+                continue
+            if reset > 1e12:  # milliseconds
+                reset /= 1000
+            return max(0.0, reset - now)
+    return None
+
+
+class _Wait:
+    """Exponential backoff with jitter, or exactly what the server asked for."""
+
+    def __init__(self) -> None:
+        self.backoff = wait_exponential_jitter(multiplier=0.1, max=4.0, jitter=0.2)
+
+    def __call__(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, ReplyFailed) and exc.retry_after is not None:
+            return min(exc.retry_after, MAX_RETRY_AFTER)
+        return float(self.backoff(state))
+
+
+class ReplyClient:
+    def __init__(self, settings: Settings, metrics: WorkerMetrics | None = None,
+                 session: aiohttp.ClientSession | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self._own_session = session is None
+        self.session = session or aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=settings.reply_timeout),
+            connector=aiohttp.TCPConnector(limit=max(100, settings.concurrency * 2)),
+            json_serialize=lambda obj: orjson.dumps(obj).decode(),
+        )
+        self.headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if settings.cometchat_api_key:
+            self.headers["apikey"] = settings.cometchat_api_key
+        self._wait = _Wait()
+
+    def url(self, app_id: str, region: str | None, bot: str) -> str:
+        base = self.settings.cometchat_api_base.format(appId=app_id, region=region or "us")
+        return f"{base.rstrip('/')}/bots/{bot}/messages"
+
+    async def send(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST one reply, retrying within the budget; the API's ``data`` on success."""
+        payload = orjson.dumps(body)
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(RETRYABLE),
+            stop=stop_before_delay(self.settings.reply_budget),
+            wait=self._wait,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await self._post(url, payload)
+        except RETRYABLE as exc:
+            if isinstance(exc, TransientError):
+                raise
+            raise TransientError(f"reply API unreachable: {type(exc).__name__} {exc}") from exc
+        raise AssertionError("unreachable: tenacity either returns or raises")
+
+    async def _post(self, url: str, payload: bytes) -> dict[str, Any]:
+        started = time.perf_counter()
+        status = "error"
+        try:
+            async with self.session.post(url, data=payload, headers=self.headers) as resp:
+                status = str(resp.status)
+                raw = await resp.read()
+                if 200 <= resp.status < 300:
+                    return _data(raw)
+                detail = _detail(raw)
+                if resp.status in _RETRY_STATUSES or resp.status >= 500:
+                    raise ReplyFailed(resp.status, detail, retry_after_seconds(resp.headers))
+                raise ReplyRejected(resp.status, detail)
+        finally:
+            if self.metrics is not None:
+                self.metrics.reply_requests.labels(status).inc()
+                self.metrics.reply_seconds.observe(time.perf_counter() - started)
+
+    async def close(self) -> None:
+        if self._own_session:
+            await self.session.close()
+
+
+def _data(raw: bytes) -> dict[str, Any]:
+    # A 2xx means the API stored the message; an odd body must not make us send it again.
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return {}
+    data = doc.get("data") if isinstance(doc, dict) else None
+    return data if isinstance(data, dict) else {}
+
+
+def _detail(raw: bytes) -> str:
+    """The API's error code and message, short; never the request (it holds no secret, but
+    the response is all the operator needs)."""
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return raw[:200].decode("utf-8", "replace") or "no body"
+    error = doc.get("error") if isinstance(doc, dict) else None
+    if isinstance(error, dict):
+        return f"{error.get('code', '')} {error.get('message', '')}".strip()[:300]
+    return str(doc)[:300]
