@@ -121,6 +121,11 @@ class Settings:
     inbound_max_length: int = field(
         default=1_000_000, metadata=_env("BOTRELAY_INBOUND_MAX_LENGTH", _positive_int)
     )
+    ordering: Ordering = field(
+        default="conversation",
+        metadata=_env("BOTRELAY_ORDERING", _choice("conversation", "none")),
+    )
+    partitions: int = field(default=16, metadata=_env("BOTRELAY_PARTITIONS", _positive_int))
     host: str = field(default="0.0.0.0", metadata=_env("BOTRELAY_HOST"))
     port: int = field(default=8080, metadata=_env("BOTRELAY_PORT", _positive_int))
     metrics_port: int | None = field(
