@@ -118,7 +118,8 @@ class FakeCometChat:
                 cfg.fail_rate and self._rng.random() < cfg.fail_rate)):
             status = cfg.fail_status
         if status is not None:
-            return self._answer(status, f"ERR_{status}", "injected failure")
+            headers = {"Retry-After": "1"} if status == 429 else None
+            return self._answer(status, f"ERR_{status}", "injected failure", headers)
         self.replies.append(Recorded(request.path, request.headers.get("apikey"), body,
                                      time.time()))
         self.statuses[200] += 1
@@ -167,7 +168,8 @@ class RunningFake:
         return f"http://127.0.0.1:{self.port}/{{appId}}/v3"
 
     async def __aenter__(self) -> RunningFake:
-        self.runner = web.AppRunner(self.fake.app(), access_log=None)
+        # A short shutdown: a test that made the fake hang must not wait a minute to stop it.
+        self.runner = web.AppRunner(self.fake.app(), access_log=None, shutdown_timeout=0.5)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         await site.start()
