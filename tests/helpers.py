@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import os
 import signal
@@ -22,6 +23,12 @@ from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "cometchat"
+
+
+def basic_auth(username: str, password: str) -> str:
+    """An ``Authorization`` header value for HTTP Basic auth."""
+    token = base64.b64encode(f"{username}:{password}".encode()).decode()
+    return f"Basic {token}"
 
 
 def fixture(name: str) -> dict[str, Any]:
@@ -73,7 +80,7 @@ def expected_reply(doc: dict[str, Any]) -> tuple[str, str, str]:
 
 
 async def post_all(url: str, docs: Iterable[dict[str, Any]], *, concurrency: int = 32,
-                   auth: aiohttp.BasicAuth | None = None, retry_503: bool = True,
+                   auth: str | None = None, retry_503: bool = True,
                    deadline: float = 120.0) -> list[int]:
     """POST every callback, ``concurrency`` at a time, re-posting on 503 or refused connections
     (as CometChat would) until ``deadline``; the final statuses."""
@@ -82,14 +89,16 @@ async def post_all(url: str, docs: Iterable[dict[str, Any]], *, concurrency: int
     sem = asyncio.Semaphore(concurrency)
     stop_at = time.monotonic() + deadline
 
-    async with aiohttp.ClientSession(auth=auth) as session:
+    headers = {"Content-Type": "application/json"}
+    if auth is not None:
+        headers["Authorization"] = auth
+    async with aiohttp.ClientSession() as session:
         async def one(i: int, doc: dict[str, Any]) -> None:
             body = orjson.dumps(doc)
             async with sem:
                 while True:
                     try:
-                        async with session.post(url, data=body, headers={
-                                "Content-Type": "application/json"}) as resp:
+                        async with session.post(url, data=body, headers=headers) as resp:
                             await resp.read()
                             statuses[i] = resp.status
                             if resp.status != 503 or not retry_503:
