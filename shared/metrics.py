@@ -76,6 +76,12 @@ class WorkerMetrics:
             ["queue"],
             registry=self.registry,
         )
+        self.throttle_seconds = Histogram(
+            "botrelay_reply_throttle_seconds",
+            "Time a reply waited for the outbound rate limit before being sent.",
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
         self.dedup_unavailable = Counter(
             "botrelay_dedup_unavailable_total",
             "Deliveries delayed because the dedup store could not be reached.",

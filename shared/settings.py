@@ -58,6 +58,13 @@ def _positive_float(raw: str) -> float:
     return value
 
 
+def _non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if value < 0:
+        raise ValueError("expected zero or a positive number")
+    return value
+
+
 def _env(name: str, parse: Callable[[str], Any] = str) -> Any:
     """Field metadata: which env var feeds the field and how to parse it."""
     return {"env": name, "parse": parse}
@@ -132,6 +139,19 @@ class Settings:
         default=9100, metadata=_env("BOTRELAY_METRICS_PORT", int)
     )
     uvloop: bool = field(default=True, metadata=_env("BOTRELAY_UVLOOP", _bool))
+    # Outbound rate limits, in reply requests per minute (0 = no limit). CometChat publishes
+    # about 20,000 requests/min per app; the per-receiver limit is off unless set.
+    rate_limit_app: float = field(
+        default=20_000.0, metadata=_env("BOTRELAY_RATE_LIMIT_APP", _non_negative_float)
+    )
+    rate_limit_receiver: float = field(
+        default=0.0, metadata=_env("BOTRELAY_RATE_LIMIT_RECEIVER", _non_negative_float)
+    )
+    # A client must deliver the whole callback body within this; a slow one gets 408, so
+    # dribbling bodies cannot hold ingress connections and memory open.
+    body_timeout: float = field(
+        default=5.0, metadata=_env("BOTRELAY_BODY_TIMEOUT", _positive_float)
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -27,6 +27,7 @@ from tenacity import (
 from shared.errors import PermanentError, TransientError
 from shared.metrics import WorkerMetrics
 from shared.settings import Settings
+from worker.rate_limit import RateLimiter, make_limiter
 
 log = logging.getLogger("botrelay.reply")
 
@@ -102,9 +103,12 @@ class _Wait:
 
 class ReplyClient:
     def __init__(self, settings: Settings, metrics: WorkerMetrics | None = None,
-                 session: aiohttp.ClientSession | None = None) -> None:
+                 session: aiohttp.ClientSession | None = None,
+                 limiter: RateLimiter | None = None) -> None:
         self.settings = settings
         self.metrics = metrics
+        # Outbound rate limit per app (the API base names it) and per receiver.
+        self.limiter = limiter or make_limiter(settings, metrics)
         self._own_session = session is None
         self.session = session or aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=settings.reply_timeout),
@@ -132,6 +136,8 @@ class ReplyClient:
         try:
             async for attempt in retrying:
                 with attempt:
+                    if self.limiter is not None:
+                        await self.limiter.acquire(_app_of(url), str(body.get("receiver")))
                     return await self._post(url, payload)
         except RETRYABLE as exc:
             if isinstance(exc, TransientError):
@@ -150,7 +156,10 @@ class ReplyClient:
                     return _data(raw)
                 detail = _detail(raw)
                 if resp.status in _RETRY_STATUSES or resp.status >= 500:
-                    raise ReplyFailed(resp.status, detail, retry_after_seconds(resp.headers))
+                    retry_after = retry_after_seconds(resp.headers)
+                    if resp.status == 429 and self.limiter is not None:
+                        await self.limiter.slow_down(_app_of(url), retry_after)
+                    raise ReplyFailed(resp.status, detail, retry_after)
                 raise ReplyRejected(resp.status, detail)
         finally:
             if self.metrics is not None:
@@ -160,6 +169,13 @@ class ReplyClient:
     async def close(self) -> None:
         if self._own_session:
             await self.session.close()
+        if self.limiter is not None:
+            await self.limiter.close()
+
+
+def _app_of(url: str) -> str:
+    """The rate-limit key of a reply URL: its API base, which names the app."""
+    return url.rsplit("/bots/", 1)[0]
 
 
 def _data(raw: bytes) -> dict[str, Any]:
