@@ -109,7 +109,9 @@ def configure(settings: Settings, *, stream: Any = None) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(settings.log_level)
-    # aiormq/aio-pika log every reconnect attempt with tracebacks at WARNING; keep ours instead.
+    # aiormq/aio-pika log every failed connect and reconnect attempt with tracebacks; botrelay
+    # logs those itself in one line, so theirs show only when debugging.
     for noisy in ("aiormq", "aio_pika"):
-        logging.getLogger(noisy).setLevel(max(logging.ERROR, root.level))
+        logging.getLogger(noisy).setLevel(
+            logging.DEBUG if root.level <= logging.DEBUG else logging.CRITICAL)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
