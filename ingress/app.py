@@ -13,6 +13,7 @@ from ingress.state import STATE, IngressState
 from shared.broker import BrokerLink
 from shared.metrics import CONTENT_TYPE_LATEST, IngressMetrics, render
 from shared.settings import Settings
+from shared.transport import Broker
 
 log = logging.getLogger("botrelay.ingress")
 
@@ -35,7 +36,7 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def make_app(settings: Settings, *, broker: BrokerLink | None = None,
+def make_app(settings: Settings, *, broker: Broker | None = None,
              wait_for_broker: bool = False) -> web.Application:
     """The ingress app. ``broker`` lets tests and ``botrelay dev`` pass their own link."""
     # client_max_size makes aiohttp stop reading a body (chunked ones too) past the limit.

@@ -7,15 +7,15 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from ingress.auth import BasicAuth
-from shared.broker import BrokerLink
 from shared.metrics import IngressMetrics
 from shared.settings import Settings
+from shared.transport import Broker
 
 
 @dataclass
 class IngressState:
     settings: Settings
-    broker: BrokerLink
+    broker: Broker
     metrics: IngressMetrics
     auth: BasicAuth | None
     closing: bool = False

@@ -93,6 +93,7 @@ class BrokerLink:
         self.exchange: AbstractExchange | None = None
         self._task: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
+        self._retry_exchanges: dict[float, AbstractExchange] = {}
 
     @property
     def ready(self) -> bool:
@@ -169,6 +170,21 @@ class BrokerLink:
             timeout=timeout or self.settings.publish_timeout,
         )
 
+    async def publish_delayed(self, message: aio_pika.Message, delay: float,
+                              routing_key: str) -> None:
+        """Publish to the retry queue of ``delay`` seconds; it dead-letters the message back to
+        the main exchange under ``routing_key`` when its TTL runs out."""
+        exchange = self._retry_exchanges.get(delay)
+        if exchange is None:
+            if self.channel is None or not self.ready:
+                raise BrokerUnavailable("no open channel to the broker")
+            # Declared by topology.declare already; get_exchange only builds the handle.
+            exchange = await self.channel.get_exchange(
+                topology.retry_queue(self.settings.prefix, delay), ensure=False
+            )
+            self._retry_exchanges[delay] = exchange
+        await self.publish(message, routing_key, exchange=exchange)
+
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
@@ -178,3 +194,4 @@ class BrokerLink:
             with contextlib.suppress(Exception):
                 await self.connection.close()
         self.connection = self.channel = self.exchange = None
+        self._retry_exchanges.clear()

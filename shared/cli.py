@@ -108,6 +108,16 @@ async def run_worker(settings: Settings, bot: Bot) -> None:
         await worker.stop()
 
 
+async def run_dev_command(settings: Settings, bot: Bot) -> None:
+    from worker.dev import run_dev
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await run_dev(settings, bot, stop)
+
+
 async def run_fake(port: int, host: str, config: dict[str, Any]) -> None:
     from aiohttp import web
 
@@ -179,6 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int)
     p.add_argument("--metrics-port", type=int, help="0 disables the metrics server")
 
+    p = sub.add_parser("dev", help="ingress and worker in one process on an in-memory broker")
+    p.add_argument("--app", default=DEFAULT_APP, help="MODULE:ATTR of a worker.Bot")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--log-format", choices=("text", "json"), default="text")
+
     p = sub.add_parser("fake-cometchat", help="a local stand-in for the reply API")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=9000)
@@ -219,11 +235,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = _settings(args)
+        if args.command == "dev":
+            settings = settings.replace(log_format=args.log_format)
         logs.configure(settings)
         if args.command == "ingress":
             _run(run_ingress(settings), settings)
         elif args.command == "worker":
             _run(run_worker(settings, load_bot(args.app)), settings)
+        elif args.command == "dev":
+            _run(run_dev_command(settings, load_bot(args.app)), settings)
         elif args.command == "fake-cometchat":
             config = {"fail_rate": args.fail_rate, "fail_status": args.fail_status,
                       "latency": args.latency, "rate_limit": args.rate_limit}

@@ -17,9 +17,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
-
-from aio_pika.abc import AbstractIncomingMessage
+from typing import Any, Protocol
 
 from shared.broker import PUBLISH_ERRORS
 from shared.errors import (
@@ -34,10 +32,10 @@ from shared.metrics import WorkerMetrics
 from shared.payloads import Message, parse_body
 from shared.settings import Settings
 from shared.topology import delay_for_attempt
+from shared.transport import Delivery
 from worker.bot import Bot
 from worker.dedup import Claim, DedupStore, Status
 from worker.reply import muid
-from worker.reply_client import ReplyClient
 from worker.retry import Mover, attempt_of
 
 log = logging.getLogger("botrelay.worker")
@@ -49,8 +47,17 @@ class Outcome:
     replies: int = 0
 
 
+class ReplySender(Protocol):
+    """What the consumer needs to send replies: ``worker.reply_client.ReplyClient``, or a stand-in
+    (``botrelay dev`` prints them, the testing kit records them)."""
+
+    def url(self, app_id: str, region: str | None, bot: str) -> str: ...
+
+    async def send(self, url: str, body: dict[str, Any]) -> dict[str, Any]: ...
+
+
 class Consumer:
-    def __init__(self, settings: Settings, bot: Bot, dedup: DedupStore, replies: ReplyClient,
+    def __init__(self, settings: Settings, bot: Bot, dedup: DedupStore, replies: ReplySender,
                  mover: Mover, metrics: WorkerMetrics) -> None:
         self.settings = settings
         self.bot = bot
@@ -63,7 +70,7 @@ class Consumer:
         self.idle = asyncio.Event()
         self.idle.set()
 
-    async def on_delivery(self, delivery: AbstractIncomingMessage) -> None:
+    async def on_delivery(self, delivery: Delivery) -> None:
         """Consumer callback. The chain entry is made before the first await, so deliveries of
         one conversation queue up in the order the broker delivered them."""
         conversation = str((delivery.headers or {}).get(CONVERSATION) or "")
@@ -86,7 +93,7 @@ class Consumer:
             if self.in_flight == 0:
                 self.idle.set()
 
-    async def process(self, delivery: AbstractIncomingMessage) -> None:
+    async def process(self, delivery: Delivery) -> None:
         attempt = attempt_of(delivery)
         fields: dict[str, Any] = {"key": delivery.message_id, "attempt": attempt,
                                   "conversation": (delivery.headers or {}).get(CONVERSATION)}
@@ -130,7 +137,7 @@ class Consumer:
         finally:
             self.metrics.deliveries.labels(outcome).inc()
 
-    async def _fail(self, delivery: AbstractIncomingMessage, attempt: int, exc: Exception,
+    async def _fail(self, delivery: Delivery, attempt: int, exc: Exception,
                     fields: dict[str, Any]) -> str:
         fields = {**fields, "error": f"{type(exc).__name__}: {exc}"}
         if attempt >= self.settings.max_attempts:
@@ -145,7 +152,7 @@ class Consumer:
                 exc_info=level == logging.WARNING)
         return "retried"
 
-    async def _run(self, delivery: AbstractIncomingMessage) -> Outcome:
+    async def _run(self, delivery: Delivery) -> Outcome:
         callback = parse_body(delivery.body)
         msg = callback.message
         if msg is None or callback.ignore_reason is not None or self.bot.is_own(msg):

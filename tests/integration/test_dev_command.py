@@ -1,0 +1,136 @@
+"""``botrelay dev`` as a user runs it: a subprocess on a free port, a curl-like POST of the fixture,
+and the echo reply printed on stdout within a second or two."""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.helpers import FIXTURES, ROOT
+
+# The console script a user runs; ``python -m shared.cli`` is the same entry point.
+BOTRELAY = [str(Path(sys.executable).with_name("botrelay"))] \
+    if Path(sys.executable).with_name("botrelay").exists() else [sys.executable, "-m", "shared.cli"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class DevProcess:
+    def __init__(self, port: int, *extra: str, env: dict[str, str] | None = None) -> None:
+        base = {k: v for k, v in os.environ.items() if not k.startswith("BOTRELAY_")}
+        base.update(env or {})
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(
+            [*BOTRELAY, "dev", "--host", "127.0.0.1",
+             "--port", str(port), *extra],
+            cwd=ROOT, env=base, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        )
+        assert self.proc.stdout is not None
+        os.set_blocking(self.proc.stdout.fileno(), False)
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self.proc.stdout, selectors.EVENT_READ)
+        self._buffer = b""
+
+    def wait_for_line(self, needle: str, timeout: float) -> str | None:
+        """The first stdout line containing ``needle``, reading for at most ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in self.lines:
+                if needle in line:
+                    return line
+            left = deadline - time.monotonic()
+            if left <= 0 or (self.proc.poll() is not None and not self._selector.select(0)):
+                return None
+            if self._selector.select(min(left, 0.05)):
+                assert self.proc.stdout is not None
+                chunk = self.proc.stdout.read() or b""
+                self._buffer += chunk
+                *complete, self._buffer = self._buffer.split(b"\n")
+                self.lines.extend(x.decode() for x in complete)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self._selector.close()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def dev() -> Iterator[DevProcess]:
+    port = _free_port()
+    process = DevProcess(port)
+    process.port = port  # type: ignore[attr-defined]
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+async def _post(url: str, body: bytes) -> tuple[int, dict[str, object]]:
+    async with aiohttp.ClientSession() as session, session.post(
+            url, data=body, headers={"Content-Type": "application/json"}) as resp:
+        return resp.status, await resp.json()
+
+
+async def test_dev_prints_the_echo_reply_within_a_second(dev: DevProcess) -> None:
+    assert dev.wait_for_line("listening on", timeout=20), dev.lines
+    assert any("nothing survives a restart" in line.lower() for line in dev.lines)
+    url = f"http://127.0.0.1:{dev.port}/callback"  # type: ignore[attr-defined]
+    body = (FIXTURES / "bot_user_text.json").read_bytes()
+
+    started = time.monotonic()
+    status, answer = await _post(url, body)
+    line = dev.wait_for_line("reply ->", timeout=2.0)
+    elapsed = time.monotonic() - started
+
+    assert status == 200 and answer["status"] == "queued"
+    assert line == "reply -> user cometchat-uid-1: echo: hi"
+    assert elapsed < 1.0, f"the reply took {elapsed:.2f}s"
+
+    # The same callback again (CometChat retrying) is deduplicated: no second reply.
+    status, _ = await _post(url, body)
+    assert status == 200
+    assert dev.wait_for_line("echo: hi", timeout=0.5) == line
+    assert sum("reply ->" in x for x in dev.lines) == 1
+    assert dev.stop() == 0
+
+
+async def test_dev_ignores_unknown_triggers_with_200(dev: DevProcess) -> None:
+    assert dev.wait_for_line("listening on", timeout=20)
+    url = f"http://127.0.0.1:{dev.port}/callback"  # type: ignore[attr-defined]
+    body = b'{"trigger": "meeting_started", "data": {"sessionId": "s1"}, "appId": "a", ' \
+           b'"webhook": "w"}'
+    status, answer = await _post(url, body)
+    assert status == 200 and answer["status"] == "ignored"
+
+
+def test_dev_with_an_unknown_app_exits_1_with_one_line(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [*BOTRELAY, "dev", "--app", "no_such_module:bot"],
+        cwd=ROOT, capture_output=True, text=True, timeout=30,
+        env={k: v for k, v in os.environ.items() if not k.startswith("BOTRELAY_")},
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "botrelay: unknown app 'no_such_module:bot': cannot import 'no_such_module'"]

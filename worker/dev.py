@@ -1,0 +1,162 @@
+"""``botrelay dev``: the ingress and a worker in one process, on the in-memory broker.
+
+The worker part is the production ``Consumer`` and ``Mover`` over a ``MemoryBroker``, so retries,
+dead letters and dedup behave as they do on RabbitMQ; only durability is missing. Each reply is
+printed as one line (``reply -> user cometchat-uid-1: echo: hi``) and, when
+``BOTRELAY_COMETCHAT_API_KEY`` is set, also sent to the reply API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+from types import TracebackType
+from typing import Any, TextIO
+
+import orjson
+from aiohttp import web
+
+from shared.metrics import WorkerMetrics
+from shared.settings import Settings
+from worker.bot import Bot
+from worker.consumer import Consumer, ReplySender
+from worker.dedup import DedupStore, MemoryDedup
+from worker.memory_broker import MemoryBroker
+from worker.reply_client import ReplyClient
+from worker.retry import Mover
+
+log = logging.getLogger("botrelay.dev")
+
+BANNER = (
+    "botrelay dev: ingress and worker in one process on an IN-MEMORY broker.\n"
+    "Nothing survives a restart: messages in flight, retries, dead letters and the dedup "
+    "record are lost when this process stops. For production run `botrelay ingress` and "
+    "`botrelay worker` with RabbitMQ."
+)
+
+
+def describe_reply(body: dict[str, Any]) -> str:
+    """One readable line for a reply request body."""
+    data = body.get("data") or {}
+    text = data.get("text")
+    if body.get("category") == "custom":
+        custom = orjson.dumps(data.get("customData") or {}).decode()
+        content = f"[custom {body.get('type')}] {custom}"
+        if text:
+            content = f"{content} {text}"
+    elif body.get("type") in ("image", "video", "audio", "file"):
+        content = f"[{body['type']} {data.get('url', '')}]"
+        if text:
+            content = f"{content} {text}"
+    else:
+        content = str(text)
+    if data.get("metadata"):
+        content = f"{content} (metadata {orjson.dumps(data['metadata']).decode()})"
+    return f"reply -> {body.get('receiverType')} {body.get('receiver')}: {content}"
+
+
+class PrintedReplies:
+    """A ``ReplySender`` that prints each reply, and sends it too when an API key is set."""
+
+    def __init__(self, settings: Settings, out: TextIO | None = None,
+                 client: ReplyClient | None = None) -> None:
+        self.settings = settings
+        self.out = out or sys.stdout
+        self.client = client
+
+    def url(self, app_id: str, region: str | None, bot: str) -> str:
+        base = self.settings.cometchat_api_base.format(appId=app_id, region=region or "us")
+        return f"{base.rstrip('/')}/bots/{bot}/messages"
+
+    async def send(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        if self.client is not None:
+            result = await self.client.send(url, body)
+        print(describe_reply(body), file=self.out, flush=True)
+        return result
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.close()
+
+
+class MemoryWorker:
+    """A worker on a ``MemoryBroker``: the same ``Consumer`` and ``Mover`` as ``Worker``.
+
+        async with MemoryWorker(settings, bot, broker) as worker:
+            await worker.until_idle()
+    """
+
+    def __init__(self, settings: Settings, bot: Bot, broker: MemoryBroker, *,
+                 replies: ReplySender | None = None, dedup: DedupStore | None = None) -> None:
+        self.settings = settings
+        self.broker = broker
+        self.metrics = WorkerMetrics()
+        self.dedup = dedup or MemoryDedup(settings.dedup_lease, settings.dedup_ttl)
+        self._own_replies = replies is None
+        self.replies = replies or ReplyClient(settings, self.metrics)
+        self.consumer = Consumer(settings, bot, self.dedup, self.replies,
+                                 Mover(settings, broker), self.metrics)
+        self._tag: str | None = None
+
+    async def __aenter__(self) -> MemoryWorker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        await self.broker.start()
+        self._tag = self.broker.consume(self.consumer.on_delivery, self.settings.concurrency)
+
+    async def until_idle(self, quiet: float = 0.3) -> None:
+        """Return once nothing is queued, delayed or in flight for ``quiet`` seconds."""
+        while True:
+            await self.consumer.idle.wait()
+            await asyncio.sleep(quiet)
+            if self.consumer.idle.is_set() and self.broker.idle:
+                return
+
+    async def stop(self) -> None:
+        if self._tag is not None:
+            await self.broker.cancel(self._tag)
+            self._tag = None
+        if self.consumer.in_flight:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.consumer.idle.wait(), self.settings.shutdown_grace)
+        if self._own_replies and isinstance(self.replies, ReplyClient):
+            await self.replies.close()
+        await self.dedup.close()
+
+
+async def run_dev(settings: Settings, bot: Bot, stop: asyncio.Event, *,
+                  out: TextIO | None = None) -> None:
+    """Serve ``POST /callback`` on ``settings.host:port`` until ``stop`` is set."""
+    from ingress.app import make_app
+
+    out = out or sys.stdout
+    print(BANNER, file=out, flush=True)
+    client = ReplyClient(settings) if settings.cometchat_api_key else None
+    if client is None:
+        print("BOTRELAY_COMETCHAT_API_KEY is not set: replies are printed, not sent.",
+              file=out, flush=True)
+    else:
+        print(f"replies are printed and sent to {settings.cometchat_api_base}",
+              file=out, flush=True)
+    broker = MemoryBroker(settings)
+    replies = PrintedReplies(settings, out, client)
+    runner = web.AppRunner(make_app(settings, broker=broker), access_log=None)
+    await runner.setup()
+    try:
+        async with MemoryWorker(settings, bot, broker, replies=replies):
+            await web.TCPSite(runner, settings.host, settings.port).start()
+            print(f"listening on http://{settings.host}:{settings.port}/callback",
+                  file=out, flush=True)
+            await stop.wait()
+    finally:
+        await runner.cleanup()
+        await replies.close()
