@@ -93,7 +93,7 @@ async def test_always_503_dead_letters_after_max_attempts_then_replay(
         assert (len(dry.matched), dry.moved) == (len(docs), 0)
         assert await _dead_count(settings) == len(docs)
 
-        one = letters[0].id
+        one = next(x.id for x in letters if x.trigger == "after_message")
         picked = await dlq.replay(settings, dlq.Selection(ids=frozenset({one})))
         assert picked.moved == 1 and [x.id for x in picked.matched] == [one]
         by_trigger = await dlq.replay(settings, dlq.Selection(trigger="message_sent"))
