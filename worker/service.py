@@ -50,6 +50,8 @@ class Worker:
         self._stopped = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._metrics_runner: web.AppRunner | None = None
+        self.metrics_port: int | None = None  # the bound port, once serving
+        self.depth_interval = DEPTH_INTERVAL
 
     async def __aenter__(self) -> Worker:
         await self.start()
@@ -79,7 +81,13 @@ class Worker:
         app.router.add_get("/readyz", self._readyz)
         self._metrics_runner = web.AppRunner(app, access_log=None)
         await self._metrics_runner.setup()
-        await web.TCPSite(self._metrics_runner, host, port).start()
+        site = web.TCPSite(self._metrics_runner, host, port)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None)
+        if sockets:
+            port = sockets[0].getsockname()[1]
+        self.metrics_port = port
         log.info("worker metrics on http://%s:%d/metrics", host, port)
 
     async def _metrics(self, request: web.Request) -> web.Response:
@@ -95,15 +103,23 @@ class Worker:
                                  status=200 if ready else 503)
 
     async def _sample_depths(self) -> None:
-        channel = self.broker.channel
-        assert channel is not None
-        while True:
-            for name in topology.all_queue_names(self.settings):
-                with contextlib.suppress(Exception):
-                    queue = await channel.declare_queue(name, passive=True)
-                    count = queue.declaration_result.message_count
-                    self.metrics.queue_depth.labels(name).set(count or 0)
-            await asyncio.sleep(DEPTH_INTERVAL)
+        # A channel of its own: a passive declare of a missing queue closes the channel it
+        # runs on, and the robust channel's own declare_queue(passive=True) answers from its
+        # cache (a stale count) instead of asking the broker.
+        connection = self.broker.connection
+        assert connection is not None
+        channel = await connection.channel(publisher_confirms=False)
+        try:
+            while True:
+                for name in topology.all_queue_names(self.settings):
+                    with contextlib.suppress(Exception):
+                        raw = await channel.get_underlay_channel()
+                        result = await raw.queue_declare(name, passive=True)
+                        self.metrics.queue_depth.labels(name).set(result.message_count or 0)
+                await asyncio.sleep(self.depth_interval)
+        finally:
+            with contextlib.suppress(Exception):
+                await channel.close()
 
     async def until_idle(self, quiet: float = 0.3) -> None:
         """Return once no delivery has been in flight for ``quiet`` seconds (tests, tools);
