@@ -31,6 +31,8 @@ MESSAGE_TRIGGERS = frozenset(
 )
 
 RECEIVER_TYPES = frozenset({"user", "group"})
+# The dedup key travels as the AMQP message-id, a short string of at most 255 bytes.
+MAX_KEY_BYTES = 255
 _MENTION = re.compile(r"<@uid:([^>\s]+)>")
 
 
@@ -220,11 +222,15 @@ def parse_callback(doc: Any) -> Callback:
     ignore = None
     if bot is not None and message.sender == bot:
         ignore = "the bot's own message"
+    key = f"{app_id}:{source}:{trigger}:{message.id}"
+    if len(key.encode()) > MAX_KEY_BYTES:
+        raise PayloadError("invalid callback", "'appId', 'bot' (or 'webhook') and the message "
+                           f"'id' together must stay within {MAX_KEY_BYTES - 3} bytes")
     return Callback(
         trigger=trigger,
         app_id=app_id,
         source=source,
-        dedup_key=f"{app_id}:{source}:{trigger}:{message.id}",
+        dedup_key=key,
         conversation_id=message.conversation_id,
         message=message,
         ignore_reason=ignore,

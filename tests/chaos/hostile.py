@@ -1,0 +1,108 @@
+"""Hypothesis profiles and strategies for hostile callbacks.
+
+Profiles: ``botrelay-ci`` (default; modest counts so the whole suite stays within CI's budget) and
+``botrelay-deep`` (many more examples, for a long local run):
+
+    BOTRELAY_FUZZ_PROFILE=botrelay-deep .venv/bin/pytest tests/ingress/test_fuzz_payloads.py
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any
+
+import orjson
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+
+from shared.errors import PayloadError
+from shared.payloads import parse_body
+from tests.helpers import fixture
+
+settings.register_profile(
+    "botrelay-ci", max_examples=60, deadline=None, derandomize=False,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile(
+    "botrelay-deep", max_examples=2000, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+PROFILE = settings.get_profile(os.environ.get("BOTRELAY_FUZZ_PROFILE", "botrelay-ci"))
+
+
+def fuzz(max_examples: int | None = None) -> settings:
+    """The active profile, optionally with fewer examples (for tests that cost a request each)."""
+    if max_examples is None or PROFILE.max_examples > 1000:
+        return PROFILE
+    return settings(PROFILE, max_examples=min(max_examples, PROFILE.max_examples))
+
+
+BASES = ("bot_user_text", "bot_group_text", "webhook_message_sent", "bot_user_custom")
+
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=40)
+)
+json_values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                max_size=4),
+    max_leaves=12,
+)
+
+
+def paths(doc: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every path to a value inside ``doc`` (dict keys and list indexes)."""
+    found: list[tuple[Any, ...]] = []
+    items: list[tuple[Any, Any]] = []
+    if isinstance(doc, dict):
+        items = list(doc.items())
+    elif isinstance(doc, list):
+        items = list(enumerate(doc))
+    for key, value in items:
+        found.append((*prefix, key))
+        found.extend(paths(value, (*prefix, key)))
+    return found
+
+
+def _parent(doc: Any, path: tuple[Any, ...]) -> Any:
+    for key in path[:-1]:
+        doc = doc[key]
+    return doc
+
+
+@st.composite
+def mutated_callbacks(draw: st.DrawFn) -> dict[str, Any]:
+    """A real callback with one to three fields deleted, retyped, or added."""
+    doc = copy.deepcopy(fixture(draw(st.sampled_from(BASES))))
+    for _ in range(draw(st.integers(1, 3))):
+        all_paths = paths(doc)
+        if not all_paths:
+            break
+        path = draw(st.sampled_from(all_paths))
+        parent = _parent(doc, path)
+        action = draw(st.sampled_from(("delete", "replace", "extra")))
+        if action == "delete" and isinstance(parent, dict):
+            del parent[path[-1]]
+        elif action == "extra" and isinstance(parent, dict):
+            parent[draw(st.text(min_size=1, max_size=12))] = draw(json_values)
+        else:
+            parent[path[-1]] = draw(json_values)
+    return doc
+
+
+def expected(body: bytes) -> str:
+    """What the ingress must answer for ``body`` (with the right content type): the oracle."""
+    try:
+        callback = parse_body(body)
+    except PayloadError:
+        return "rejected"
+    return "ignored" if callback.ignore_reason is not None else "queued"
+
+
+def dumps(doc: Any) -> bytes:
+    return orjson.dumps(doc)
