@@ -81,17 +81,22 @@ async def run_ingress(settings: Settings) -> None:
     from aiohttp import web
 
     from ingress.app import make_app
+    from ingress.state import STATE
 
-    runner = web.AppRunner(make_app(settings), access_log=None,
-                           shutdown_timeout=settings.shutdown_grace)
+    app = make_app(settings)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_grace)
     await runner.setup()
     await web.TCPSite(runner, settings.host, settings.port, backlog=1024).start()
     log.info("ingress listening on http://%s:%d/callback", settings.host, settings.port)
     try:
         await _until_signal()
     finally:
+        # Readiness goes 503 at once; then the listener closes, requests in flight finish
+        # (their publishes are confirmed) within the grace, and the broker link closes last.
+        app[STATE].closing = True
         log.info("ingress shutting down")
         await runner.cleanup()
+        log.info("ingress stopped")
 
 
 async def run_worker(settings: Settings, bot: Bot) -> None:
