@@ -16,7 +16,8 @@ import orjson
 
 from shared.settings import Settings
 
-FIELDS = ("key", "trigger", "conversation", "attempt", "outcome", "delay", "error", "worker")
+FIELDS = ("key", "trigger", "conversation", "attempt", "outcome", "delay", "error", "worker",
+          "text")
 
 # Belt and braces: the code never logs secrets, and this catches what a library might.
 _SECRET_PATTERNS = (
@@ -51,6 +52,10 @@ class Redactor(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg = self.scrub(record.getMessage())
         record.args = None
+        for name in FIELDS:
+            value = getattr(record, name, None)
+            if isinstance(value, str):
+                setattr(record, name, self.scrub(value))
         if record.exc_info and record.exc_info[1] is not None:
             record.exc_text = self.scrub(logging.Formatter().formatException(record.exc_info))
             record.exc_info = None
