@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from ingress.auth import BasicAuth
-from ingress.callback import handle_callback
+from ingress.callback import handle_callback, json_errors
 from ingress.state import STATE, IngressState
 from shared.broker import BrokerLink
 from shared.metrics import CONTENT_TYPE_LATEST, IngressMetrics, render
@@ -40,7 +40,7 @@ def make_app(settings: Settings, *, broker: Broker | None = None,
              wait_for_broker: bool = False) -> web.Application:
     """The ingress app. ``broker`` lets tests and ``botrelay dev`` pass their own link."""
     # client_max_size makes aiohttp stop reading a body (chunked ones too) past the limit.
-    app = web.Application(client_max_size=settings.max_body)
+    app = web.Application(client_max_size=settings.max_body, middlewares=[json_errors])
     auth = None
     if settings.callback_username and settings.callback_password:
         auth = BasicAuth(settings.callback_username, settings.callback_password)

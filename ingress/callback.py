@@ -1,16 +1,19 @@
 """``POST /callback``: the one hot path. Each answer is in the design's table:
 
-auth 401 -> size 413 -> content type 415 -> JSON/shape 400 -> ignored 200 -> publish -> 200 / 503.
+auth 401 -> size 413 -> content type 415 -> slow body 408 -> JSON/shape 400 -> ignored 200 ->
+publish -> 200 / 503.
 Nothing is published unless every check passed; 200 "queued" only after the broker's confirm.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from ingress.state import STATE, IngressState
 from shared.broker import PUBLISH_ERRORS, BrokerUnavailable, make_message
@@ -45,6 +48,20 @@ def _unavailable(state: IngressState, detail: str) -> web.Response:
     )
 
 
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answers aiohttp makes itself (404, 405, ...) get a JSON error body like ours."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {k: v for k, v in exc.headers.items()
+                   if k.lower() not in ("content-type", "content-length")}
+        return _json(exc.status, {"error": exc.reason.lower(), "detail": exc.text or ""},
+                     headers)
+
+
 async def handle_callback(request: web.Request) -> web.Response:
     state = request.app[STATE]
     started = time.perf_counter()
@@ -52,6 +69,24 @@ async def handle_callback(request: web.Request) -> web.Response:
         return await _answer(request, state)
     finally:
         state.metrics.request_seconds.observe(time.perf_counter() - started)
+
+
+async def _read_body(request: web.Request, state: IngressState) -> bytes | web.Response:
+    """The whole body, or the answer for a body too large, too slow or cut short."""
+    settings = state.settings
+    try:
+        async with asyncio.timeout(settings.body_timeout):
+            return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return _reject(state, 413, "too_large", "body too large",
+                       f"more than {settings.max_body} bytes")
+    except TimeoutError:
+        return _reject(state, 408, "timeout", "request timeout",
+                       f"the body did not arrive within {settings.body_timeout:g}s",
+                       {"Connection": "close"})
+    except ConnectionResetError:
+        return _reject(state, 400, "incomplete", "incomplete body",
+                       "the client closed the connection before sending the whole body")
 
 
 async def _answer(request: web.Request, state: IngressState) -> web.Response:
@@ -66,11 +101,9 @@ async def _answer(request: web.Request, state: IngressState) -> web.Response:
     if request.content_type != _JSON:
         return _reject(state, 415, "content_type", "unsupported media type",
                        f"expected {_JSON}, got {request.content_type or 'nothing'}")
-    try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        return _reject(state, 413, "too_large", "body too large",
-                       f"more than {settings.max_body} bytes")
+    body = await _read_body(request, state)
+    if isinstance(body, web.Response):
+        return body
     try:
         callback = parse_body(body)
     except PayloadError as exc:
