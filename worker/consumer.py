@@ -27,7 +27,7 @@ from shared.errors import (
     Retry,
     TransientError,
 )
-from shared.headers import CONVERSATION, RECEIVED_AT
+from shared.headers import CONVERSATION, RECEIVED_AT, TRIGGER
 from shared.metrics import WorkerMetrics
 from shared.payloads import Message, parse_body
 from shared.settings import Settings
@@ -45,6 +45,7 @@ log = logging.getLogger("botrelay.worker")
 class Outcome:
     name: str  # replied, no_reply, ignored, duplicate, busy
     replies: int = 0
+    text: str | None = None  # the message's text, for debug lines only
 
 
 class ReplySender(Protocol):
@@ -95,15 +96,17 @@ class Consumer:
 
     async def process(self, delivery: Delivery) -> None:
         attempt = attempt_of(delivery)
+        headers = delivery.headers or {}
         fields: dict[str, Any] = {"key": delivery.message_id, "attempt": attempt,
-                                  "conversation": (delivery.headers or {}).get(CONVERSATION)}
+                                  "trigger": headers.get(TRIGGER),
+                                  "conversation": headers.get(CONVERSATION)}
         outcome = "dead_lettered"
         try:
             try:
                 result = await self._run(delivery)
             except (PayloadError, PermanentError) as exc:
                 await self.mover.to_dead(delivery, exc, permanent=True)
-                fields["error"] = str(exc)
+                fields.update(error=str(exc), outcome=outcome)
                 log.warning("dead-lettered: permanent failure", extra=fields)
                 return
             except DedupUnavailable as exc:
@@ -112,7 +115,8 @@ class Consumer:
                                                   delay=self.settings.retry_delays[0])
                 outcome = "delayed"
                 log.warning("delayed: dedup store unavailable, not replying unrecorded",
-                            extra={**fields, "delay": delay, "error": str(exc)})
+                            extra={**fields, "delay": delay, "error": str(exc),
+                                   "outcome": outcome})
                 return
             except Exception as exc:  # Retry, TransientError, or a bug in the handler
                 outcome = await self._fail(delivery, attempt, exc, fields)
@@ -125,13 +129,15 @@ class Consumer:
             else:
                 await delivery.ack()
                 outcome = result.name
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("settled", extra={**fields, "outcome": outcome})
+            fields["outcome"] = outcome
+            log.info("settled", extra=fields)
+            if result.text is not None and log.isEnabledFor(logging.DEBUG):
+                log.debug("message text", extra={**fields, "text": result.text})
         except PUBLISH_ERRORS as exc:
             # Could not move or ack it (broker gone): the broker redelivers it, dedup holds.
             outcome = "unsettled"
             log.error("could not settle delivery; the broker will redeliver it",
-                      extra={**fields, "error": repr(exc)})
+                      extra={**fields, "error": repr(exc), "outcome": outcome})
             with contextlib.suppress(*PUBLISH_ERRORS):
                 await delivery.nack(requeue=True)
         finally:
@@ -142,13 +148,14 @@ class Consumer:
         fields = {**fields, "error": f"{type(exc).__name__}: {exc}"}
         if attempt >= self.settings.max_attempts:
             await self.mover.to_dead(delivery, exc, permanent=False)
-            log.warning("dead-lettered: attempts exhausted", extra=fields)
+            log.warning("dead-lettered: attempts exhausted",
+                        extra={**fields, "outcome": "dead_lettered"})
             return "dead_lettered"
         wanted = exc.delay if isinstance(exc, Retry) and exc.delay is not None else (
             delay_for_attempt(self.settings.retry_delays, attempt))
         delay = await self.mover.to_retry(delivery, attempt=attempt + 1, delay=wanted)
         level = logging.INFO if isinstance(exc, Retry | TransientError) else logging.WARNING
-        log.log(level, "retrying later", extra={**fields, "delay": delay},
+        log.log(level, "retrying later", extra={**fields, "delay": delay, "outcome": "retried"},
                 exc_info=level == logging.WARNING)
         return "retried"
 
@@ -173,7 +180,7 @@ class Consumer:
         received = (delivery.headers or {}).get(RECEIVED_AT)
         if sent and isinstance(received, int):
             self.metrics.end_to_end_seconds.observe(max(0.0, time.time() - received / 1000))
-        return Outcome("replied" if sent else "no_reply", sent)
+        return Outcome("replied" if sent else "no_reply", sent, msg.text)
 
     async def _answer(self, msg: Message, key: str, claim: Claim) -> int:
         started = time.perf_counter()
