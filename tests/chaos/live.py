@@ -106,11 +106,10 @@ class LiveIngress:
         return self.request("POST", "/callback", body, all_headers)
 
     def raw(self, data: bytes, *, read_timeout: float = 10.0) -> bytes:
-        """Send raw bytes on a fresh connection; everything the server answers until it closes
-        or ``read_timeout`` passes."""
+        """Send raw bytes (end them with ``Connection: close``) on a fresh connection; all the
+        server answers until it closes or ``read_timeout`` passes."""
         with socket.create_connection(("127.0.0.1", self.port), timeout=read_timeout) as sock:
             sock.sendall(data)
-            sock.shutdown(socket.SHUT_WR)
             chunks = []
             with contextlib.suppress(TimeoutError, ConnectionResetError):
                 while chunk := sock.recv(65536):
