@@ -30,6 +30,25 @@ MESSAGE_TRIGGERS = frozenset(
     }
 )
 
+# Webhook triggers about a message but not carrying one: the reacting user is the sender.
+REACTION_TRIGGERS = frozenset({"message_reaction_added", "message_reaction_removed"})
+# Webhook triggers about group membership: the group is the receiver, the actor the sender.
+GROUP_MEMBER_TRIGGERS = frozenset(
+    {
+        "group_member_joined",
+        "group_member_left",
+        "group_member_added",
+        "group_member_kicked",
+        "group_member_banned",
+        "group_member_unbanned",
+        "group_member_scope_changed",
+    }
+)
+# Every trigger a handler can subscribe to; the ingress answers any other "ignored".
+HANDLED_TRIGGERS = MESSAGE_TRIGGERS | REACTION_TRIGGERS | GROUP_MEMBER_TRIGGERS
+# Webhooks deliver an edit or a delete as an action message about the original message.
+_ACTION_TRIGGERS = frozenset({"message_edited", "message_deleted"})
+
 RECEIVER_TYPES = frozenset({"user", "group"})
 # The dedup key travels as the AMQP message-id, a short string of at most 255 bytes.
 MAX_KEY_BYTES = 255
@@ -57,6 +76,8 @@ class Message:
     mentions: tuple[str, ...] = ()
     sent_at: int | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    reaction: str | None = None  # the emoji, for message_reaction_added/removed
+    members: tuple[str, ...] = ()  # the users a group_member_* event is about
 
     @property
     def is_group(self) -> bool:
@@ -81,20 +102,22 @@ class Message:
 
     @property
     def command(self) -> str | None:
-        """``"weather"`` for ``"/weather Berlin"``; None when the text is not a command."""
-        if not self.text or not self.text.startswith("/"):
+        """``"weather"`` for ``"/weather Berlin"`` (leading mentions skipped, as in
+        ``"<@uid:bot> /weather Berlin"``); None when the text is not a command."""
+        text = _without_mentions(self.text)
+        if not text.startswith("/"):
             return None
-        name = self.text[1:].split(maxsplit=1)[0] if len(self.text) > 1 else ""
+        name = text[1:].split(maxsplit=1)[0] if len(text) > 1 else ""
         return name.split("@", 1)[0].lower() or None
 
     @property
     def args(self) -> str:
         """The text after the command word, mentions removed: ``"Berlin"`` for the above."""
-        if not self.text:
-            return ""
-        parts = self.text.split(maxsplit=1)
-        rest = parts[1] if len(parts) > 1 and self.command else self.text
-        return _MENTION.sub("", rest).strip()
+        text = _without_mentions(self.text)
+        if self.command is None:
+            return text
+        parts = text.split(maxsplit=1)
+        return parts[1] if len(parts) > 1 else ""
 
     def mentions_uid(self, uid: str | None) -> bool:
         return uid is not None and uid in self.mentions
@@ -111,6 +134,10 @@ class Callback:
     conversation_id: str
     message: Message | None
     ignore_reason: str | None = None
+
+
+def _without_mentions(text: str | None) -> str:
+    return _MENTION.sub("", text).strip() if text else ""
 
 
 def loads(body: bytes) -> Any:
@@ -196,6 +223,23 @@ def _message(doc: dict[str, Any], raw: dict[str, Any], trigger: str, app_id: str
     )
 
 
+def _action_subject(doc: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """For an edit or delete delivered as an action message: the action's id (each edit is its
+    own event) and the message it is about (``data.entities.on.entity``) laid over the action,
+    so sender, receiver and conversation stay known when the entity omits them."""
+    inner = doc.get("data")
+    entities = inner.get("entities") if isinstance(inner, dict) else None
+    on = entities.get("on") if isinstance(entities, dict) else None
+    entity = on.get("entity") if isinstance(on, dict) else None
+    if doc.get("category") != "action" or not isinstance(entity, dict):
+        return None, doc
+    subject = {k: v for k, v in doc.items() if k != "data"}
+    subject.update(entity)
+    subject.setdefault("data", {})
+    action_id = _str(doc, "id", "data.message.")
+    return action_id, subject
+
+
 def parse_callback(doc: Any) -> Callback:
     """Validate a decoded callback and build its ``Callback``; raises ``PayloadError``."""
     if not isinstance(doc, dict):
@@ -212,17 +256,24 @@ def parse_callback(doc: Any) -> Callback:
     if not isinstance(data, dict):
         raise PayloadError("invalid callback", "field 'data' must be an object")
     if trigger not in MESSAGE_TRIGGERS:
+        if trigger in HANDLED_TRIGGERS:
+            from shared.events import parse_event  # events build on this module's model
+
+            return parse_event(doc, data, trigger, app_id, bot, webhook)
         event_id = data.get("id") if isinstance(data.get("id"), str) else "-"
         return Callback(trigger, app_id, source, f"{app_id}:{source}:{trigger}:{event_id}",
                         "", None, ignore_reason=f"unhandled trigger '{trigger}'")
     inner = data.get("message", data) if bot is None else data
     if not isinstance(inner, dict):
         raise PayloadError("invalid callback", "field 'data.message' must be an object")
+    event_id = None
+    if trigger in _ACTION_TRIGGERS:
+        event_id, inner = _action_subject(inner)
     message = _message(inner, doc, trigger, app_id, bot, webhook)
     ignore = None
     if bot is not None and message.sender == bot:
         ignore = "the bot's own message"
-    key = f"{app_id}:{source}:{trigger}:{message.id}"
+    key = f"{app_id}:{source}:{trigger}:{event_id or message.id}"
     if len(key.encode()) > MAX_KEY_BYTES:
         raise PayloadError("invalid callback", "'appId', 'bot' (or 'webhook') and the message "
                            f"'id' together must stay within {MAX_KEY_BYTES - 3} bytes")

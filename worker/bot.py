@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from shared.payloads import Message
-from worker.reply import Reply, normalise
+from shared.payloads import MESSAGE_TRIGGERS, Message
+from worker.reply import Reply, ReplyInvalid, normalise
 
 Handler = Callable[[Message], Awaitable[Any]]
 H = TypeVar("H", bound=Handler)
@@ -49,10 +49,12 @@ NEW_MESSAGE_TRIGGERS = frozenset({"after_message", "message_sent"})
 
 class Bot:
     """A bot's handlers. ``uid`` is the bot's CometChat uid; needed only for webhooks, where the
-    payload does not name the bot (bot callbacks carry it)."""
+    payload does not name the bot (bot callbacks carry it). With ``mention_in_groups`` the bot
+    takes a group message (commands included) only when it mentions the bot."""
 
-    def __init__(self, uid: str | None = None) -> None:
+    def __init__(self, uid: str | None = None, *, mention_in_groups: bool = False) -> None:
         self.uid = uid
+        self.mention_in_groups = mention_in_groups
         self._commands: dict[str, Handler] = {}
         self._routes: list[Route] = []
 
@@ -103,6 +105,26 @@ class Bot:
         own = msg.bot or self.uid
         return own is not None and msg.sender == own
 
+    def is_addressed(self, msg: Message) -> bool:
+        """Webhooks report every 1:1 message of the app: with a ``uid``, answer only those sent
+        to this bot. Bot callbacks only report the bot's own conversations."""
+        if msg.trigger not in MESSAGE_TRIGGERS:
+            return True
+        if msg.is_group:
+            return not self.mention_in_groups or msg.mentions_uid(msg.bot or self.uid)
+        return msg.webhook is None or self.uid is None or msg.receiver == self.uid
+
+    def sender_uid(self, msg: Message) -> str:
+        """The bot uid replies are sent as: named by a bot callback, else ``Bot(uid=...)``, else
+        the receiver of a 1:1 message (the bot it was sent to)."""
+        uid = msg.bot or self.uid
+        if uid is None and msg.trigger in MESSAGE_TRIGGERS and msg.receiver_type == "user":
+            uid = msg.receiver
+        if uid is None:
+            raise ReplyInvalid(f"a reply to a '{msg.trigger}' webhook needs the bot's uid: "
+                               "create the bot as Bot(uid=...)")
+        return uid
+
     def handler_for(self, msg: Message) -> Handler | None:
         if msg.trigger in NEW_MESSAGE_TRIGGERS and msg.command is not None:
             handler = self._commands.get(msg.command)
@@ -115,7 +137,7 @@ class Bot:
 
     async def dispatch(self, msg: Message) -> list[Reply]:
         """Run the matching handler; the replies it asked for (none when nothing matched)."""
-        if self.is_own(msg):
+        if self.is_own(msg) or not self.is_addressed(msg):
             return []
         handler = self.handler_for(msg)
         if handler is None:

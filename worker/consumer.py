@@ -194,7 +194,7 @@ class Consumer:
             self.metrics.handler_seconds.observe(time.perf_counter() - started)
         if not replies:
             return 0
-        bot_uid = msg.bot or self.bot.uid or msg.receiver
+        bot_uid = self.bot.sender_uid(msg)
         url = self.replies.url(msg.app_id, msg.region, bot_uid)
         # Build every body first: an invalid reply fails the message before anything is sent.
         bodies = [reply.body(msg, muid(key, i)) for i, reply in enumerate(replies)]

@@ -49,6 +49,7 @@ class Stored:
     message: aio_pika.Message
     routing_key: str = INBOUND_KEY
     redelivered: bool = False
+    delay: float = 0.0  # for a message in a retry queue: that queue's delay
 
     @property
     def headers(self) -> dict[str, Any]:
@@ -161,7 +162,7 @@ class MemoryBroker:
                              f"{', '.join(f'{d:g}' for d in self.settings.retry_delays)}")
         key = next(self._ids)
         timer = asyncio.get_running_loop().call_later(delay, self._expire, key)
-        self._delayed[key] = (Stored(message, routing_key), timer)
+        self._delayed[key] = (Stored(message, routing_key, delay=delay), timer)
 
     # --- consuming ----------------------------------------------------------------------------
 
