@@ -3,6 +3,7 @@ and the echo reply printed on stdout within a second or two."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import selectors
 import signal
@@ -134,3 +135,23 @@ def test_dev_with_an_unknown_app_exits_1_with_one_line(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         "botrelay: unknown app 'no_such_module:bot': cannot import 'no_such_module'"]
+
+
+async def test_dev_also_sends_replies_when_an_api_key_is_set(fake_api) -> None:
+    port = _free_port()
+    dev = DevProcess(port, env={"BOTRELAY_COMETCHAT_API_KEY": "dev-key",
+                                "BOTRELAY_COMETCHAT_API_BASE": fake_api.base})
+    try:
+        assert dev.wait_for_line("listening on", timeout=20), dev.lines
+        assert any("printed and sent" in line for line in dev.lines)
+        body = (FIXTURES / "webhook_message_sent.json").read_bytes()
+        status, _ = await _post(f"http://127.0.0.1:{port}/callback", body)
+        assert status == 200
+        line = await asyncio.to_thread(dev.wait_for_line, "reply ->", 5.0)
+        assert line == "reply -> user cometchat-uid-1: echo: hi"
+        [sent] = fake_api.fake.replies
+        assert sent.apikey == "dev-key"
+        assert sent.path == "/2248348660ad9bd4/v3/bots/demo_bot/messages"
+        assert sent.body["data"]["text"] == "echo: hi"
+    finally:
+        dev.stop()
