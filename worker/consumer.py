@@ -35,10 +35,13 @@ from shared.topology import delay_for_attempt
 from shared.transport import Delivery
 from worker.bot import Bot
 from worker.dedup import Claim, DedupStore, Status
-from worker.reply import muid
+from worker.reply import Reply, muid
 from worker.retry import Mover, attempt_of
 
 log = logging.getLogger("botrelay.worker")
+
+# How long a timed-out handler gets to honour its cancellation before it is abandoned.
+CANCEL_GRACE = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +73,7 @@ class Consumer:
         self.in_flight = 0
         self.idle = asyncio.Event()
         self.idle.set()
+        self._abandoned: set[asyncio.Task[list[Reply]]] = set()
 
     async def on_delivery(self, delivery: Delivery) -> None:
         """Consumer callback. The chain entry is made before the first await, so deliveries of
@@ -182,10 +186,38 @@ class Consumer:
             self.metrics.end_to_end_seconds.observe(max(0.0, time.time() - received / 1000))
         return Outcome("replied" if sent else "no_reply", sent, msg.text)
 
+    async def _dispatch(self, msg: Message) -> list[Reply]:
+        """The handler's replies, or TimeoutError past BOTRELAY_HANDLER_TIMEOUT. A handler that
+        swallows its cancellation is abandoned, not awaited: it must neither hold its
+        conversation and a delivery slot for ever nor reply after its time is up."""
+        task = asyncio.ensure_future(self.bot.dispatch(msg))
+        try:
+            done, _ = await asyncio.wait({task}, timeout=self.settings.handler_timeout)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        if done:
+            return task.result()
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=CANCEL_GRACE)
+        if not done:
+            log.error("a handler ignored its cancellation; abandoned it",
+                      extra={"conversation": msg.conversation_id})
+            self._abandoned.add(task)
+            task.add_done_callback(self._forget)
+        elif not task.cancelled():
+            task.exception()  # retrieved: a late result or error is dropped on purpose
+        raise TimeoutError
+
+    def _forget(self, task: asyncio.Task[list[Reply]]) -> None:
+        self._abandoned.discard(task)
+        if not task.cancelled():
+            task.exception()
+
     async def _answer(self, msg: Message, key: str, claim: Claim) -> int:
         started = time.perf_counter()
         try:
-            replies = await asyncio.wait_for(self.bot.dispatch(msg), self.settings.handler_timeout)
+            replies = await self._dispatch(msg)
         except TimeoutError:
             raise TransientError(
                 f"handler did not finish within {self.settings.handler_timeout:g}s"
