@@ -67,6 +67,8 @@ class PrintedReplies:
         self.client = client
 
     def url(self, app_id: str, region: str | None, bot: str) -> str:
+        if self.client is not None:
+            return self.client.url(app_id, region, bot)
         base = self.settings.cometchat_api_base.format(appId=app_id, region=region or "us")
         return f"{base.rstrip('/')}/bots/{bot}/messages"
 

@@ -123,7 +123,8 @@ class BotTester:
     def __init__(self, bot: Bot, settings: Settings | None = None, *,
                  reply_status: dict[str, int] | None = None) -> None:
         self.bot = bot
-        self.settings = settings or Settings(uvloop=False)
+        # One callback at a time: conversation ordering has nothing to order here.
+        self.settings = settings or Settings(uvloop=False, ordering="none")
         # receiver uid -> HTTP status the reply API answers for it (e.g. {"blocked-user": 400})
         self.reply_status = reply_status if reply_status is not None else {}
         self.broker = MemoryBroker(self.settings)
@@ -156,7 +157,8 @@ class BotTester:
         first_reply = len(self._replies.sent)
         attempts, dead_before = 0, len(self.broker.dead)
         self._watched.dispatched = False
-        while True:
+        # Each pass is one attempt (or one wait that spends none): bounded either way.
+        for _ in range(self.settings.max_attempts * 3):
             delivery = self.broker.get()
             assert delivery is not None
             self._watched.error = self._replies.error = None
@@ -182,6 +184,9 @@ class BotTester:
                              reason=None if replies else self._why_silent(parsed.message),
                              attempts=attempts)
             break
+        else:
+            raise RuntimeError(f"{parsed.dedup_key} was still being retried after "
+                               f"{attempts} passes")
         return Result(outcome.outcome, outcome.replies, outcome.reason, outcome.error,
                       outcome.error_kind, outcome.attempts, outcome.delay, parsed.message,
                       parsed.dedup_key)
