@@ -23,6 +23,7 @@ import orjson
 from shared.errors import PayloadError
 from shared.payloads import (
     GROUP_MEMBER_TRIGGERS,
+    MAX_KEY_BYTES,
     REACTION_TRIGGERS,
     Callback,
     Message,
@@ -35,6 +36,15 @@ def _object(doc: dict[str, Any], key: str, where: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise PayloadError("invalid callback", f"field '{where}{key}' must be an object")
     return value
+
+
+def _callback(message: Message, source: str, event_id: str) -> Callback:
+    key = f"{message.app_id}:{source}:{message.trigger}:{event_id}"
+    if len(key.encode()) > MAX_KEY_BYTES:
+        raise PayloadError("invalid callback", "'appId', 'webhook' and the event id together "
+                           f"must stay within {MAX_KEY_BYTES - 3} bytes")
+    return Callback(message.trigger, message.app_id, source, key, message.conversation_id,
+                    message)
 
 
 def _int(value: Any) -> int | None:
@@ -67,8 +77,7 @@ def _reaction(doc: dict[str, Any], data: dict[str, Any], trigger: str, app_id: s
         text=None, data=reaction, sent_at=reacted_at, raw=doc,
         reaction=emoji if isinstance(emoji, str) else None,
     )
-    return Callback(trigger, app_id, source, f"{app_id}:{source}:{trigger}:{event_id}",
-                    message.conversation_id, message)
+    return _callback(message, source, event_id)
 
 
 def _group_member(doc: dict[str, Any], data: dict[str, Any], trigger: str, app_id: str,
@@ -96,8 +105,7 @@ def _group_member(doc: dict[str, Any], data: dict[str, Any], trigger: str, app_i
         conversation_id=conversation, category="action", type="groupMember", text=None,
         data=data, sent_at=_int(group.get("updatedAt")), raw=doc, members=uids,
     )
-    return Callback(trigger, app_id, source, f"{app_id}:{source}:{trigger}:{digest}",
-                    conversation, message)
+    return _callback(message, source, digest)
 
 
 def parse_event(doc: dict[str, Any], data: dict[str, Any], trigger: str, app_id: str,

@@ -160,6 +160,13 @@ def test_a_malformed_reaction_is_a_payload_error(mutate, detail):
     assert info.value.detail == detail
 
 
+def test_an_event_key_too_long_for_a_message_id_is_a_payload_error():
+    doc = fixture("webhook_reaction_added")
+    doc["data"]["reaction"]["id"] = "r" * 300
+    with pytest.raises(PayloadError, match="must stay within 252 bytes"):
+        parse_callback(doc)
+
+
 def test_a_group_member_event_without_a_group_is_a_payload_error():
     doc = fixture("webhook_group_member_joined")
     del doc["data"]["group"]
