@@ -3,7 +3,8 @@
 The worker part is the production ``Consumer`` and ``Mover`` over a ``MemoryBroker``, so retries,
 dead letters and dedup behave as they do on RabbitMQ; only durability is missing. Each reply is
 printed as one line (``reply -> user cometchat-uid-1: echo: hi``) and, when
-``BOTRELAY_COMETCHAT_API_KEY`` is set, also sent to the reply API.
+``BOTRELAY_COMETCHAT_API_KEY`` is set, also sent to the reply API; so is each retry and each dead
+letter (``dead letter <- <key>: RuntimeError: ... (transient, attempt 6)``).
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from typing import Any, TextIO
 import orjson
 from aiohttp import web
 
+from shared.headers import ATTEMPT, ERROR, ERROR_KIND
 from shared.metrics import WorkerMetrics
 from shared.settings import Settings
+from shared.topology import DEAD_KEY
 from worker.bot import Bot
 from worker.consumer import Consumer, ReplySender
 from worker.dedup import DedupStore, MemoryDedup
-from worker.memory_broker import MemoryBroker
+from worker.memory_broker import MemoryBroker, Stored
 from worker.reply_client import ReplyClient
 from worker.retry import Mover
 
@@ -55,6 +58,16 @@ def describe_reply(body: dict[str, Any]) -> str:
     if data.get("metadata"):
         content = f"{content} (metadata {orjson.dumps(data['metadata']).decode()})"
     return f"reply -> {body.get('receiverType')} {body.get('receiver')}: {content}"
+
+
+def describe_move(stored: Stored) -> str:
+    """One readable line for a message sent to a retry queue or the dead-letter queue."""
+    headers = stored.headers
+    if stored.routing_key == DEAD_KEY:
+        return (f"dead letter <- {stored.message.message_id}: {headers.get(ERROR)} "
+                f"({headers.get(ERROR_KIND)}, attempt {headers.get(ATTEMPT)})")
+    return (f"retry in {stored.delay:g}s <- {stored.message.message_id} "
+            f"(attempt {headers.get(ATTEMPT)})")
 
 
 class PrintedReplies:
@@ -149,7 +162,8 @@ async def run_dev(settings: Settings, bot: Bot, stop: asyncio.Event, *,
     else:
         print(f"replies are printed and sent to {settings.cometchat_api_base}",
               file=out, flush=True)
-    broker = MemoryBroker(settings)
+    broker = MemoryBroker(settings, on_move=lambda stored: print(
+        describe_move(stored), file=out, flush=True))
     replies = PrintedReplies(settings, out, client)
     runner = web.AppRunner(make_app(settings, broker=broker), access_log=None)
     await runner.setup()

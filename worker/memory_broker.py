@@ -114,8 +114,11 @@ class MemoryDelivery:
 class MemoryBroker:
     """Implements ``shared.transport.Broker`` in memory, plus consuming and inspection."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *,
+                 on_move: Callable[[Stored], None] | None = None) -> None:
         self.settings = settings
+        # Told of each message put in the DLQ or a retry queue (``botrelay dev`` prints them).
+        self.on_move = on_move
         self.inbound: deque[Stored] = deque()
         self.dead: list[Stored] = []
         self.acked = 0
@@ -149,6 +152,8 @@ class MemoryBroker:
         self._check_open()
         if routing_key == DEAD_KEY:
             self.dead.append(Stored(message, routing_key))
+            if self.on_move is not None:
+                self.on_move(self.dead[-1])
             return
         if len(self.inbound) >= self.settings.inbound_max_length:
             raise QueueFull("the inbound queue is full")
@@ -163,6 +168,8 @@ class MemoryBroker:
         key = next(self._ids)
         timer = asyncio.get_running_loop().call_later(delay, self._expire, key)
         self._delayed[key] = (Stored(message, routing_key, delay=delay), timer)
+        if self.on_move is not None:
+            self.on_move(self._delayed[key][0])
 
     # --- consuming ----------------------------------------------------------------------------
 

@@ -15,9 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
+import orjson
 import pytest
 
-from tests.helpers import FIXTURES, ROOT
+from tests.helpers import FIXTURES, ROOT, text_callback
 
 # The console script a user runs; ``python -m shared.cli`` is the same entry point.
 BOTRELAY = [str(Path(sys.executable).with_name("botrelay"))] \
@@ -153,5 +154,15 @@ async def test_dev_also_sends_replies_when_an_api_key_is_set(fake_api) -> None:
         assert sent.apikey == "dev-key"
         assert sent.path == "/2248348660ad9bd4/v3/bots/demo_bot/messages"
         assert sent.body["data"]["text"] == "echo: hi"
+
+        # A reply the API refuses: the dead letter is printed too.
+        fake_api.fake.config.status_for_receiver = {"bad-user": 400}
+        status, _ = await _post(f"http://127.0.0.1:{port}/callback",
+                                orjson.dumps(text_callback("9100", "hi", sender="bad-user")))
+        assert status == 200
+        line = await asyncio.to_thread(dev.wait_for_line, "dead letter <-", 5.0)
+        assert line == ("dead letter <- 2248348660ad9bd4:demo_bot:after_message:9100: "
+                        "ReplyRejected: reply API answered 400: ERR_400 injected failure "
+                        "(permanent, attempt 1)")
     finally:
         dev.stop()

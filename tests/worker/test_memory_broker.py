@@ -140,3 +140,20 @@ async def test_the_ingress_answers_503_when_the_memory_queue_is_full_or_closed()
         assert statuses == [(200, None), (503, "2"), (503, "2"), (503, None)]
     finally:
         await ingress.stop()
+
+
+async def test_moves_are_reported_and_described_for_dev() -> None:
+    from shared.headers import ATTEMPT, ERROR, ERROR_KIND
+    from worker.dev import describe_move
+
+    moved: list[str] = []
+    broker = MemoryBroker(_settings(), on_move=lambda stored: moved.append(describe_move(stored)))
+    await broker.start()
+    await broker.publish_delayed(make_message(b"{}", message_id="k1", headers={ATTEMPT: 2}),
+                                 0.1, "inbound")
+    await broker.publish(make_message(b"{}", message_id="k2", headers={
+        ATTEMPT: 3, ERROR: "RuntimeError: boom", ERROR_KIND: "transient"}), "dead")
+    await broker.publish(_message(5), "inbound")
+    assert moved == ["retry in 0.1s <- k1 (attempt 2)",
+                     "dead letter <- k2: RuntimeError: boom (transient, attempt 3)"]
+    await broker.close()
