@@ -20,7 +20,7 @@ from shared.broker import PUBLISH_ERRORS, BrokerUnavailable, make_message
 from shared.errors import PayloadError
 from shared.headers import ATTEMPT, CONVERSATION, RECEIVED_AT, TRIGGER
 from shared.payloads import parse_body
-from shared.topology import INBOUND_KEY
+from shared.topology import inbound_key
 
 # How long a sender should wait after a 503 before posting again.
 RETRY_AFTER_SECONDS = "2"
@@ -127,7 +127,8 @@ async def _answer(request: web.Request, state: IngressState) -> web.Response:
         },
     )
     try:
-        await state.broker.publish(message, INBOUND_KEY, timeout=settings.publish_timeout)
+        await state.broker.publish(message, inbound_key(settings, callback.conversation_id),
+                                   timeout=settings.publish_timeout)
     except BrokerUnavailable:
         return _unavailable(state, "the message broker is not reachable")
     except TimeoutError:

@@ -179,6 +179,16 @@ async def run_dlq(settings: Settings, args: argparse.Namespace) -> None:
               f"{report.seen} dead letter(s) examined")
 
 
+async def run_drain(settings: Settings, old_partitions: int, delete: bool) -> None:
+    from worker.drain import drain
+
+    report = await drain(settings, old_partitions, delete=delete)
+    for name, moved in report.moved.items():
+        print(f"{name}: moved {moved}")
+    print(f"moved {report.total} callback(s) to the current routing "
+          f"(ordering {settings.ordering}, {settings.partitions} partitions)")
+
+
 # --- argument parsing -------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -208,6 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency", type=float, default=0.0)
     p.add_argument("--rate-limit", type=int, default=0, help="requests/s per app")
 
+    p = sub.add_parser("drain", help="move callbacks out of partition queues no longer used")
+    p.add_argument("--from-partitions", type=int, required=True, metavar="N",
+                   help="the BOTRELAY_PARTITIONS in force before the change")
+    p.add_argument("--delete", action="store_true", help="delete the emptied queues")
+
     dlq = sub.add_parser("dlq", help="inspect, replay and purge dead letters")
     dsub = dlq.add_subparsers(dest="dlq_command", required=True)
     p = dsub.add_parser("list", help="dead letters with id, trigger, attempts, error, age")
@@ -235,6 +250,23 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings.from_env(**flags)
 
 
+def _command(args: argparse.Namespace, settings: Settings) -> Coroutine[Any, Any, None]:
+    """The coroutine that runs the parsed command."""
+    if args.command == "ingress":
+        return run_ingress(settings)
+    if args.command == "worker":
+        return run_worker(settings, load_bot(args.app))
+    if args.command == "dev":
+        return run_dev_command(settings, load_bot(args.app))
+    if args.command == "fake-cometchat":
+        config = {"fail_rate": args.fail_rate, "fail_status": args.fail_status,
+                  "latency": args.latency, "rate_limit": args.rate_limit}
+        return run_fake(args.port, args.host, config)
+    if args.command == "drain":
+        return run_drain(settings, args.from_partitions, args.delete)
+    return run_dlq(settings, args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -243,18 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "dev":
             settings = settings.replace(log_format=args.log_format)
         logs.configure(settings)
-        if args.command == "ingress":
-            _run(run_ingress(settings), settings)
-        elif args.command == "worker":
-            _run(run_worker(settings, load_bot(args.app)), settings)
-        elif args.command == "dev":
-            _run(run_dev_command(settings, load_bot(args.app)), settings)
-        elif args.command == "fake-cometchat":
-            config = {"fail_rate": args.fail_rate, "fail_status": args.fail_status,
-                      "latency": args.latency, "rate_limit": args.rate_limit}
-            _run(run_fake(args.port, args.host, config), settings)
-        elif args.command == "dlq":
-            _run(run_dlq(settings, args), settings)
+        _run(_command(args, settings), settings)
     except UsageError as exc:
         print(f"botrelay: {exc}", file=sys.stderr)
         return 2

@@ -10,12 +10,21 @@ Topology (P = prefix):
   (``inbound``). ``x-dead-letter-strategy: at-least-once`` makes that hop survive a broker crash.
 - ``P.dead``: quorum queue bound with key ``dead``; dead letters until replayed or purged.
 
+With ``BOTRELAY_ORDERING=conversation`` (the default) the inbound side is split into
+``BOTRELAY_PARTITIONS`` quorum queues ``P.inbound.<n>`` (key ``inbound.<n>``), each with
+``x-single-active-consumer``: the ingress routes a callback by a stable hash of its conversation,
+so one conversation's messages sit in one queue, in order, consumed by one worker at a time.
+With ``none`` there is only the shared queue ``P.inbound``. It exists in both modes and every
+worker consumes it, so a message published under the plain ``inbound`` key (by a tool, or by an
+ingress still running the other mode during a switch) is never stranded.
+
 Every queue rejects publishes when full (``x-overflow: reject-publish``), so a flooded broker
 answers the publisher with a nack (the ingress turns that into 503) instead of dropping anything.
 """
 
 from __future__ import annotations
 
+import zlib
 from typing import Any
 
 import aio_pika
@@ -29,6 +38,37 @@ DEAD_KEY = "dead"
 # The DLQ and retry queues only hold failures; bound them so a runaway failure loop cannot
 # fill the broker's disk, while leaving far more room than any realistic backlog needs.
 SIDE_QUEUE_MAX_LENGTH = 10_000_000
+
+
+def partition_of(conversation: str, partitions: int) -> int:
+    """A stable partition for a conversation: the same on every process and every run."""
+    return zlib.crc32(conversation.encode("utf-8", "surrogatepass")) % partitions
+
+
+def partition_key(n: int) -> str:
+    return f"{INBOUND_KEY}.{n}"
+
+
+def partition_queue(prefix: str, n: int) -> str:
+    return f"{prefix}.{INBOUND_KEY}.{n}"
+
+
+def inbound_key(settings: Settings, conversation: str) -> str:
+    """The routing key a callback of ``conversation`` is published with."""
+    if settings.ordering == "none":
+        return INBOUND_KEY
+    return partition_key(partition_of(conversation, settings.partitions))
+
+
+def partition_queues(settings: Settings) -> list[str]:
+    if settings.ordering == "none":
+        return []
+    return [partition_queue(settings.prefix, n) for n in range(settings.partitions)]
+
+
+def inbound_queues(settings: Settings) -> list[str]:
+    """Every queue holding callbacks for workers: the shared one, then the partitions."""
+    return [inbound_queue(settings.prefix), *partition_queues(settings)]
 
 
 def exchange_name(prefix: str) -> str:
@@ -53,7 +93,7 @@ def retry_queue(prefix: str, seconds: float) -> str:
 
 
 def all_queue_names(settings: Settings) -> list[str]:
-    names = [inbound_queue(settings.prefix), dead_queue(settings.prefix)]
+    names = [*inbound_queues(settings), dead_queue(settings.prefix)]
     names.extend(retry_queue(settings.prefix, d) for d in settings.retry_delays)
     return names
 
@@ -120,6 +160,15 @@ async def declare(channel: AbstractChannel, settings: Settings) -> AbstractExcha
         inbound_queue(prefix), durable=True, arguments=inbound_arguments(settings)
     )
     await inbound.bind(exchange, INBOUND_KEY)
+    if settings.ordering == "conversation":
+        # Single active consumer: even if two workers subscribe to one partition (a hand-over
+        # in progress, a worker that lost its Redis lease), only one receives its messages.
+        arguments = {**inbound_arguments(settings), "x-single-active-consumer": True}
+        for n in range(settings.partitions):
+            queue = await channel.declare_queue(
+                partition_queue(prefix, n), durable=True, arguments=arguments
+            )
+            await queue.bind(exchange, partition_key(n))
     dead = await channel.declare_queue(dead_queue(prefix), durable=True, arguments=dead_arguments())
     await dead.bind(exchange, DEAD_KEY)
     for seconds in settings.retry_delays:

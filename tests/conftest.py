@@ -69,6 +69,7 @@ async def make_settings(amqp_url: str, prefix: str, fake_api: RunningFake
             "dedup_lease": 5.0,
             "shutdown_grace": 5.0,
             "uvloop": False,
+            "partitions": 4,  # fewer queues to declare and delete per test
         }
         values.update(overrides)
         settings = Settings(**values)

@@ -15,9 +15,11 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import aiohttp
 import orjson
 
+from shared import topology
 from shared.fake_cometchat import FakeCometChat
 from shared.settings import Settings
 
@@ -180,3 +182,15 @@ class WorkerProcess:
             except subprocess.TimeoutExpired:
                 self.kill()
         return self.proc.returncode
+
+
+async def inbound_depth(settings: Settings) -> int:
+    """Messages ready in every inbound queue (shared and partitions)."""
+    connection = await aio_pika.connect(settings.amqp_url)
+    total = 0
+    async with connection:
+        channel = await connection.channel()
+        for name in topology.inbound_queues(settings):
+            queue = await channel.declare_queue(name, passive=True)
+            total += queue.declaration_result.message_count or 0
+    return total

@@ -31,7 +31,7 @@ from shared.headers import CONVERSATION, RECEIVED_AT, TRIGGER
 from shared.metrics import WorkerMetrics
 from shared.payloads import Message, parse_body
 from shared.settings import Settings
-from shared.topology import delay_for_attempt
+from shared.topology import delay_for_attempt, pick_delay
 from shared.transport import Delivery
 from worker.bot import Bot
 from worker.dedup import Claim, DedupStore, Status
@@ -48,7 +48,16 @@ CANCEL_GRACE = 1.0
 class Outcome:
     name: str  # replied, no_reply, ignored, duplicate, busy
     replies: int = 0
+    delay: float = 0.0  # parked: how long the conversation's head is waiting
     text: str | None = None  # the message's text, for debug lines only
+
+
+@dataclass(slots=True)
+class Context:
+    """What is known about a delivery so far, for whichever way it ends."""
+
+    key: str | None = None
+    pen: str | None = None  # its conversation's pen, when replies are kept in order
 
 
 class ReplySender(Protocol):
@@ -74,6 +83,7 @@ class Consumer:
         self.idle = asyncio.Event()
         self.idle.set()
         self._abandoned: set[asyncio.Task[list[Reply]]] = set()
+        self.ordered = settings.ordering == "conversation"
 
     async def on_delivery(self, delivery: Delivery) -> None:
         """Consumer callback. The chain entry is made before the first await, so deliveries of
@@ -105,10 +115,12 @@ class Consumer:
                                   "trigger": headers.get(TRIGGER),
                                   "conversation": headers.get(CONVERSATION)}
         outcome = "dead_lettered"
+        ctx = Context()
         try:
             try:
-                result = await self._run(delivery)
+                result = await self._run(delivery, ctx)
             except (PayloadError, PermanentError) as exc:
+                await self._unhold(ctx)
                 await self.mover.to_dead(delivery, exc, permanent=True)
                 fields.update(error=str(exc), outcome=outcome)
                 log.warning("dead-lettered: permanent failure", extra=fields)
@@ -123,13 +135,20 @@ class Consumer:
                                    "outcome": outcome})
                 return
             except Exception as exc:  # Retry, TransientError, or a bug in the handler
-                outcome = await self._fail(delivery, attempt, exc, fields)
+                outcome = await self._fail(delivery, attempt, exc, fields, ctx)
                 return
             if result.name == "busy":
-                # Another live worker holds the claim: come back after the shortest delay.
-                await self.mover.to_retry(delivery, attempt=attempt,
-                                          delay=self.settings.retry_delays[0])
+                # Another live worker holds the claim: come back after the shortest delay,
+                # with the conversation's later messages waiting behind this one.
+                delay = self.settings.retry_delays[0]
+                await self._hold(ctx, delay)
+                await self.mover.to_retry(delivery, attempt=attempt, delay=delay)
                 outcome = "delayed"
+            elif result.name == "parked":
+                # An earlier message of this conversation is waiting for a retry: wait behind
+                # it, in the same delay queue, without spending an attempt.
+                await self.mover.to_retry(delivery, attempt=attempt, delay=result.delay)
+                outcome = "parked"
             else:
                 await delivery.ack()
                 outcome = result.name
@@ -148,30 +167,52 @@ class Consumer:
             self.metrics.deliveries.labels(outcome).inc()
 
     async def _fail(self, delivery: Delivery, attempt: int, exc: Exception,
-                    fields: dict[str, Any]) -> str:
+                    fields: dict[str, Any], ctx: Context) -> str:
         fields = {**fields, "error": f"{type(exc).__name__}: {exc}"}
         if attempt >= self.settings.max_attempts:
+            await self._unhold(ctx)
             await self.mover.to_dead(delivery, exc, permanent=False)
             log.warning("dead-lettered: attempts exhausted",
                         extra={**fields, "outcome": "dead_lettered"})
             return "dead_lettered"
         wanted = exc.delay if isinstance(exc, Retry) and exc.delay is not None else (
             delay_for_attempt(self.settings.retry_delays, attempt))
-        delay = await self.mover.to_retry(delivery, attempt=attempt + 1, delay=wanted)
+        delay = pick_delay(self.settings.retry_delays, wanted)
+        await self._hold(ctx, delay)
+        await self.mover.to_retry(delivery, attempt=attempt + 1, delay=delay)
         level = logging.INFO if isinstance(exc, Retry | TransientError) else logging.WARNING
         log.log(level, "retrying later", extra={**fields, "delay": delay, "outcome": "retried"},
                 exc_info=level == logging.WARNING)
         return "retried"
 
-    async def _run(self, delivery: Delivery) -> Outcome:
+    async def _hold(self, ctx: Context, delay: float) -> None:
+        """Make the conversation's later messages wait behind this one (ordered mode)."""
+        if ctx.key is not None and ctx.pen is not None:
+            try:
+                await self.dedup.hold(ctx.key, ctx.pen, delay)
+            except DedupUnavailable:
+                log.warning("could not hold the conversation; later messages may overtake",
+                            extra={"key": ctx.key})
+
+    async def _unhold(self, ctx: Context) -> None:
+        """This message leaves its conversation's pen for good (dead-lettered)."""
+        if ctx.key is not None and ctx.pen is not None:
+            with contextlib.suppress(DedupUnavailable):
+                await self.dedup.unhold(ctx.key, ctx.pen)
+
+    async def _run(self, delivery: Delivery, ctx: Context) -> Outcome:
         callback = parse_body(delivery.body)
         msg = callback.message
         if msg is None or callback.ignore_reason is not None or self.bot.is_own(msg):
             return Outcome("ignored")
-        key = callback.dedup_key
-        claim = await self.dedup.claim(key)
+        key = ctx.key = callback.dedup_key
+        if self.ordered:
+            ctx.pen = f"{callback.app_id}:{callback.source}:{callback.conversation_id}"
+        claim = await self.dedup.claim(key, ctx.pen)
         if claim.status is Status.DONE:
             return Outcome("duplicate")
+        if claim.status is Status.PARKED:
+            return Outcome("parked", delay=claim.delay or self.settings.retry_delays[0])
         if claim.status is Status.BUSY:
             return Outcome("busy")
         try:
@@ -180,11 +221,11 @@ class Consumer:
             with contextlib.suppress(DedupUnavailable):
                 await self.dedup.release(key, claim.token)
             raise
-        await self._mark_done(key, claim.token)
+        await self._mark_done(key, claim.token, ctx.pen)
         received = (delivery.headers or {}).get(RECEIVED_AT)
         if sent and isinstance(received, int):
             self.metrics.end_to_end_seconds.observe(max(0.0, time.time() - received / 1000))
-        return Outcome("replied" if sent else "no_reply", sent, msg.text)
+        return Outcome("replied" if sent else "no_reply", sent, text=msg.text)
 
     async def _dispatch(self, msg: Message) -> list[Reply]:
         """The handler's replies, or TimeoutError past BOTRELAY_HANDLER_TIMEOUT. A handler that
@@ -236,14 +277,14 @@ class Consumer:
                 await self.dedup.progress(key, i + 1)
         return len(bodies)
 
-    async def _mark_done(self, key: str, token: str) -> None:
+    async def _mark_done(self, key: str, token: str, pen: str | None) -> None:
         """The replies are out: recording that must not fail lightly, or a redelivery would
         answer again. Keep trying for a few seconds (well within the lease)."""
         for pause in (0.0, 0.2, 0.5, 1.0, 2.0):
             await asyncio.sleep(pause)
             try:
-                await self.dedup.done(key, token)
+                await self.dedup.done(key, token, pen)
                 return
             except DedupUnavailable:
                 log.warning("could not record a sent reply yet; retrying", extra={"key": key})
-        await self.dedup.done(key, token)
+        await self.dedup.done(key, token, pen)

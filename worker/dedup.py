@@ -8,6 +8,13 @@ A key is one callback (``{appId}:{bot}:{trigger}:{message id}``). States:
 
 For callbacks with several replies, ``progress`` records how many were accepted, so a retry
 sends only the rest.
+
+**Conversation pens** keep replies in order across retries (``BOTRELAY_ORDERING=conversation``).
+When a message must wait (a retry, or a claim held elsewhere), ``hold`` puts it at the head of its
+conversation's pen, a FIFO list. A later message of that conversation that is not the pen's head
+is ``PARKED``: it joins the pen and waits in the same delay queue as the head, behind it. The head
+leaves the pen when it is done or dead-lettered (``unhold``), and the next one becomes the head.
+So a conversation's replies go out in arrival order even when one of them needs ten attempts.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ class Status(enum.Enum):
     CLAIMED = 0  # this worker owns the key now
     DONE = 1  # already answered: a duplicate
     BUSY = 2  # another live worker holds the claim
+    PARKED = 3  # an earlier message of the conversation is waiting: wait behind it
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,13 +47,16 @@ class Claim:
     status: Status
     token: str = ""
     sent: int = 0  # replies already accepted by an earlier attempt
+    delay: float = 0.0  # PARKED: the delay the pen's head is waiting out
 
 
 class DedupStore(Protocol):
-    async def claim(self, key: str) -> Claim: ...
+    async def claim(self, key: str, pen: str | None = None) -> Claim: ...
     async def progress(self, key: str, sent: int) -> None: ...
-    async def done(self, key: str, token: str) -> None: ...
+    async def done(self, key: str, token: str, pen: str | None = None) -> None: ...
     async def release(self, key: str, token: str) -> None: ...
+    async def hold(self, key: str, pen: str, delay: float) -> None: ...
+    async def unhold(self, key: str, pen: str) -> None: ...
     async def close(self) -> None: ...
 
 
@@ -56,6 +67,7 @@ class MemoryDedup:
         self.lease, self.ttl = lease, ttl
         self._keys: dict[str, tuple[str, float]] = {}  # key -> (token or "done", expires at)
         self._sent: dict[str, int] = {}
+        self._pens: dict[str, tuple[list[str], float]] = {}  # pen -> (keys, head's delay)
         self._last_sweep = time.monotonic()
 
     def _get(self, key: str, now: float) -> str | None:
@@ -76,12 +88,19 @@ class MemoryDedup:
             del self._keys[key]
             self._sent.pop(key, None)
 
-    async def claim(self, key: str) -> Claim:
+    async def claim(self, key: str, pen: str | None = None) -> Claim:
         now = time.monotonic()
         self._sweep(now)
         value = self._get(key, now)
         if value == "done":
+            self._pop_head(key, pen)
             return Claim(Status.DONE)
+        if pen is not None and pen in self._pens:
+            keys, delay = self._pens[pen]
+            if keys and keys[0] != key:
+                if key not in keys:
+                    keys.append(key)
+                return Claim(Status.PARKED, delay=delay)
         if value is not None:
             return Claim(Status.BUSY)
         token = uuid.uuid4().hex
@@ -91,9 +110,30 @@ class MemoryDedup:
     async def progress(self, key: str, sent: int) -> None:
         self._sent[key] = sent
 
-    async def done(self, key: str, token: str) -> None:
+    async def done(self, key: str, token: str, pen: str | None = None) -> None:
         self._keys[key] = ("done", time.monotonic() + self.ttl)
         self._sent.pop(key, None)
+        self._pop_head(key, pen)
+
+    def _pop_head(self, key: str, pen: str | None) -> None:
+        entry = self._pens.get(pen) if pen is not None else None
+        if entry is not None and entry[0] and entry[0][0] == key:
+            entry[0].pop(0)
+            if not entry[0]:
+                del self._pens[pen]  # type: ignore[arg-type]
+
+    async def hold(self, key: str, pen: str, delay: float) -> None:
+        keys, _ = self._pens.get(pen, ([], delay))
+        if key not in keys:
+            keys.append(key)
+        self._pens[pen] = (keys, delay)
+
+    async def unhold(self, key: str, pen: str) -> None:
+        entry = self._pens.get(pen)
+        if entry is not None and key in entry[0]:
+            entry[0].remove(key)
+            if not entry[0]:
+                del self._pens[pen]
 
     async def release(self, key: str, token: str) -> None:
         if self._get(key, time.monotonic()) == token:
@@ -103,19 +143,39 @@ class MemoryDedup:
         self._keys.clear()
 
 
-# KEYS[1] state key, KEYS[2] progress key; ARGV[1] token, ARGV[2] lease ms.
-# Returns {status, sent}: 0 claimed, 1 done, 2 busy.
+# KEYS: state, progress[, pen, pen delay]; ARGV: token, lease ms, key, pen ttl ms.
+# Returns {status, n}: 0 claimed (n = replies sent), 1 done, 2 busy, 3 parked (n = delay ms).
 _CLAIM = """
 local v = redis.call('GET', KEYS[1])
-if v == 'done' then return {1, 0} end
+local penned = #KEYS >= 3
+if v == 'done' then
+  if penned and redis.call('LINDEX', KEYS[3], 0) == ARGV[3] then redis.call('LPOP', KEYS[3]) end
+  return {1, 0}
+end
+if penned then
+  local head = redis.call('LINDEX', KEYS[3], 0)
+  if head and head ~= ARGV[3] then
+    if not redis.call('LPOS', KEYS[3], ARGV[3]) then redis.call('RPUSH', KEYS[3], ARGV[3]) end
+    redis.call('PEXPIRE', KEYS[3], ARGV[4])
+    return {3, tonumber(redis.call('GET', KEYS[4]) or '0')}
+  end
+end
 if v then return {2, 0} end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return {0, tonumber(redis.call('GET', KEYS[2]) or '0')}
 """
-# KEYS[1] state key, KEYS[2] progress key; ARGV[1] ttl ms.
+# KEYS: state, progress[, pen]; ARGV: ttl ms, key.
 _DONE = """
 redis.call('SET', KEYS[1], 'done', 'PX', ARGV[1])
 redis.call('DEL', KEYS[2])
+if #KEYS >= 3 and redis.call('LINDEX', KEYS[3], 0) == ARGV[2] then redis.call('LPOP', KEYS[3]) end
+return 1
+"""
+# KEYS: pen, pen delay; ARGV: key, delay ms, pen ttl ms.
+_HOLD = """
+if not redis.call('LPOS', KEYS[1], ARGV[1]) then redis.call('RPUSH', KEYS[1], ARGV[1]) end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 return 1
 """
 _RELEASE = """
@@ -129,14 +189,17 @@ _REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError
 class RedisDedup:
     """Shared store for many workers: atomic Lua steps, keys under ``{prefix}:dedup:``."""
 
-    def __init__(self, client: aioredis.Redis, prefix: str, lease: float, ttl: float) -> None:
+    def __init__(self, client: aioredis.Redis, prefix: str, lease: float, ttl: float,
+                 pen_ttl: float = 3600.0) -> None:
         self.client = client
         self.prefix = prefix
         self.lease_ms = int(lease * 1000)
         self.ttl_ms = int(ttl * 1000)
+        self.pen_ttl_ms = int(pen_ttl * 1000)
         self._claim = client.register_script(_CLAIM)
         self._done = client.register_script(_DONE)
         self._release = client.register_script(_RELEASE)
+        self._hold = client.register_script(_HOLD)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RedisDedup:
@@ -148,18 +211,27 @@ class RedisDedup:
             health_check_interval=15,
             max_connections=settings.concurrency * 2,
         )
-        return cls(client, settings.prefix, settings.dedup_lease, settings.dedup_ttl)
+        return cls(client, settings.prefix, settings.dedup_lease, settings.dedup_ttl,
+                   pen_ttl=pen_ttl(settings))
 
     def keys(self, key: str) -> list[str]:
         return [f"{self.prefix}:dedup:{key}", f"{self.prefix}:sent:{key}"]
 
-    async def claim(self, key: str) -> Claim:
+    def pen_keys(self, pen: str) -> list[str]:
+        return [f"{self.prefix}:pen:{pen}", f"{self.prefix}:pendelay:{pen}"]
+
+    async def claim(self, key: str, pen: str | None = None) -> Claim:
         token = uuid.uuid4().hex
+        keys = self.keys(key) + (self.pen_keys(pen) if pen is not None else [])
         try:
-            status, sent = await self._claim(keys=self.keys(key), args=[token, self.lease_ms])
+            status, n = await self._claim(
+                keys=keys, args=[token, self.lease_ms, key, self.pen_ttl_ms])
         except _REDIS_ERRORS as exc:
             raise DedupUnavailable(f"dedup store unreachable: {type(exc).__name__}") from exc
-        return Claim(Status(int(status)), token if status == 0 else "", int(sent))
+        state = Status(int(status))
+        if state is Status.PARKED:
+            return Claim(state, delay=int(n) / 1000)
+        return Claim(state, token if state is Status.CLAIMED else "", int(n))
 
     async def progress(self, key: str, sent: int) -> None:
         try:
@@ -167,9 +239,23 @@ class RedisDedup:
         except _REDIS_ERRORS as exc:
             raise DedupUnavailable(f"dedup store unreachable: {type(exc).__name__}") from exc
 
-    async def done(self, key: str, token: str) -> None:
+    async def done(self, key: str, token: str, pen: str | None = None) -> None:
+        keys = self.keys(key) + (self.pen_keys(pen)[:1] if pen is not None else [])
         try:
-            await self._done(keys=self.keys(key), args=[self.ttl_ms])
+            await self._done(keys=keys, args=[self.ttl_ms, key])
+        except _REDIS_ERRORS as exc:
+            raise DedupUnavailable(f"dedup store unreachable: {type(exc).__name__}") from exc
+
+    async def hold(self, key: str, pen: str, delay: float) -> None:
+        try:
+            await self._hold(keys=self.pen_keys(pen),
+                             args=[key, int(delay * 1000), self.pen_ttl_ms])
+        except _REDIS_ERRORS as exc:
+            raise DedupUnavailable(f"dedup store unreachable: {type(exc).__name__}") from exc
+
+    async def unhold(self, key: str, pen: str) -> None:
+        try:
+            await self.client.lrem(self.pen_keys(pen)[0], 0, key)
         except _REDIS_ERRORS as exc:
             raise DedupUnavailable(f"dedup store unreachable: {type(exc).__name__}") from exc
 
@@ -181,6 +267,11 @@ class RedisDedup:
 
     async def close(self) -> None:
         await self.client.aclose()
+
+
+def pen_ttl(settings: Settings) -> float:
+    """How long a pen outlives its last use: past the longest retry delay, twice over."""
+    return max(settings.retry_delays) * 2 + settings.dedup_lease
 
 
 def make_store(settings: Settings) -> DedupStore:

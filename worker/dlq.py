@@ -146,9 +146,10 @@ async def replay(settings: Settings, selection: Selection, *, limit: int | None 
         headers[REPLAYED] = int(time.time() * 1000)
         exchange = await channel.get_exchange(topology.exchange_name(settings.prefix),
                                               ensure=False)
+        conversation = str(headers.get(CONVERSATION) or "")
         await exchange.publish(
             make_message(delivery.body, message_id=delivery.message_id or "", headers=headers),
-            topology.INBOUND_KEY, mandatory=True, timeout=10,
+            topology.inbound_key(settings, conversation), mandatory=True, timeout=10,
         )
 
     return await _scan(settings, selection, limit, None if dry_run else move)

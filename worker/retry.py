@@ -44,14 +44,14 @@ class Mover:
         self.settings = settings
         self.broker = broker
 
-    async def to_retry(self, delivery: Delivery, *, attempt: int,
-                       delay: float, routing_key: str = topology.INBOUND_KEY) -> float:
+    async def to_retry(self, delivery: Delivery, *, attempt: int, delay: float) -> float:
         """Publish a copy to the retry queue nearest ``delay`` with ``attempt``, then ack."""
         delay = topology.pick_delay(self.settings.retry_delays, delay)
         headers = dict(delivery.headers or {})
         headers[ATTEMPT] = attempt
-        # The routing key travels with the message; the retry queue dead-letters it back to
-        # the main exchange under that key when its TTL runs out.
+        # The routing key travels with the message (its partition, or the shared queue); the
+        # retry queue dead-letters it back to the main exchange under that key.
+        routing_key = delivery.routing_key or topology.INBOUND_KEY
         await self.broker.publish_delayed(_copy(delivery, headers), delay, routing_key)
         await delivery.ack()
         return delay

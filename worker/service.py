@@ -3,7 +3,10 @@
     async with Worker(settings, bot) as worker:
         await worker.wait_closed()   # or: await worker.until_idle() in tests
 
-On stop: cancel the consumer (no new deliveries), let deliveries in flight finish within
+With ``BOTRELAY_ORDERING=conversation`` the worker also consumes the inbound partitions it owns
+(``worker.partitions``); it always consumes the shared ``P.inbound`` queue.
+
+On stop: cancel the consumers (no new deliveries), let deliveries in flight finish within
 ``BOTRELAY_SHUTDOWN_GRACE``, then close the channel: whatever is still unacked goes back to the
 queue for another worker. Nothing is acked that was not finished.
 """
@@ -14,7 +17,9 @@ import asyncio
 import contextlib
 import logging
 from types import TracebackType
+from typing import Any
 
+import redis.asyncio as aioredis
 from aio_pika.abc import AbstractQueue
 from aiohttp import web
 
@@ -25,6 +30,13 @@ from shared.settings import Settings
 from worker.bot import Bot
 from worker.consumer import Consumer
 from worker.dedup import DedupStore, make_store
+from worker.partitions import (
+    Leases,
+    PartitionManager,
+    RedisLeases,
+    SoloLeases,
+    worker_id,
+)
 from worker.reply_client import ReplyClient
 from worker.retry import Mover
 
@@ -50,6 +62,10 @@ class Worker:
         self._stopped = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._metrics_runner: web.AppRunner | None = None
+        self.id = worker_id()
+        self.partitions: PartitionManager | None = None
+        self._partition_queues: dict[str, AbstractQueue] = {}
+        self._redis: aioredis.Redis | None = None
         self.metrics_port: int | None = None  # the bound port, once serving
         self.depth_interval = DEPTH_INTERVAL
 
@@ -70,9 +86,39 @@ class Worker:
             topology.inbound_queue(self.settings.prefix), ensure=False
         )
         self._consumer_tag = await self._queue.consume(self.consumer.on_delivery)
+        if self.settings.ordering == "conversation":
+            self.partitions = PartitionManager(self.settings, self._leases(),
+                                               self.consumer.on_delivery,
+                                               self._subscribe, self._unsubscribe)
+            await self.partitions.rebalance()
+            self._tasks.append(asyncio.create_task(self.partitions.run(), name="partitions"))
         self._tasks.append(asyncio.create_task(self._sample_depths(), name="queue-depths"))
-        log.info("worker consuming %s (concurrency %d)",
-                 topology.inbound_queue(self.settings.prefix), self.settings.concurrency)
+        log.info("worker %s consuming %s (concurrency %d, ordering %s)", self.id,
+                 topology.inbound_queue(self.settings.prefix), self.settings.concurrency,
+                 self.settings.ordering)
+
+    def _leases(self) -> Leases:
+        if not self.settings.redis_url:
+            return SoloLeases(self.id)
+        self._redis = aioredis.Redis.from_url(self.settings.redis_url, socket_timeout=2.0,
+                                              socket_connect_timeout=2.0)
+        return RedisLeases(self._redis, self.settings.prefix, self.id)
+
+    async def _subscribe(self, name: str, prefetch: int, callback: Any) -> str:
+        channel = self.broker.channel
+        assert channel is not None
+        # Quorum queues apply prefetch per consumer: set it before each subscription.
+        await channel.set_qos(prefetch_count=prefetch)
+        queue = await channel.get_queue(name, ensure=False)
+        tag = await queue.consume(callback)
+        self._partition_queues[tag] = queue
+        return tag
+
+    async def _unsubscribe(self, name: str, tag: str) -> None:
+        queue = self._partition_queues.pop(tag, None)
+        if queue is not None:
+            with contextlib.suppress(Exception):
+                await queue.cancel(tag)
 
     async def serve_metrics(self, port: int, host: str = "0.0.0.0") -> None:
         app = web.Application()
@@ -140,6 +186,13 @@ class Worker:
         if self._queue is not None and self._consumer_tag is not None:
             with contextlib.suppress(Exception):
                 await self._queue.cancel(self._consumer_tag)
+        if self.partitions is not None:
+            # Stop rebalancing first, then hand every partition back once its deliveries are
+            # settled, so the next owner starts right after the last message this one took.
+            for task in self._tasks:
+                if task.get_name() == "partitions":
+                    task.cancel()
+            await self.partitions.stop()
         if self.consumer.in_flight:
             log.info("waiting up to %.0fs for %d deliveries in flight",
                      self.settings.shutdown_grace, self.consumer.in_flight)
@@ -154,6 +207,9 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self.broker.close()
+        if self._redis is not None:
+            with contextlib.suppress(Exception):
+                await self._redis.aclose()
         await self.replies.close()
         with contextlib.suppress(Exception):
             await self.dedup.close()

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import socket
 
-import aio_pika
 import aiohttp
 import orjson
 import pytest
 
-from shared import topology
-from tests.helpers import basic_auth, fixture
+from tests.helpers import basic_auth, fixture, inbound_depth
 
 pytestmark = pytest.mark.integration
 
@@ -19,11 +17,7 @@ JSON = {"Content-Type": "application/json"}
 
 
 async def _inbound_count(settings) -> int:
-    connection = await aio_pika.connect(settings.amqp_url)
-    async with connection:
-        channel = await connection.channel()
-        queue = await channel.declare_queue(topology.inbound_queue(settings.prefix), passive=True)
-        return queue.declaration_result.message_count or 0
+    return await inbound_depth(settings)
 
 
 async def _post(url: str, body: bytes, headers: dict[str, str] | None = None,

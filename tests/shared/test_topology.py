@@ -12,8 +12,20 @@ def test_names() -> None:
     assert topology.dead_queue("p") == "p.dead"
     assert topology.retry_queue("p", 5.0) == "p.retry.5"
     assert topology.retry_queue("p", 0.2) == "p.retry.0.2"
-    s = Settings(prefix="p", retry_delays=(1.0, 5.0))
+    s = Settings(prefix="p", retry_delays=(1.0, 5.0), ordering="none")
     assert topology.all_queue_names(s) == ["p.inbound", "p.dead", "p.retry.1", "p.retry.5"]
+    s = Settings(prefix="p", retry_delays=(1.0,), partitions=2)
+    assert topology.all_queue_names(s) == ["p.inbound", "p.inbound.0", "p.inbound.1", "p.dead",
+                                           "p.retry.1"]
+
+
+def test_routing_by_conversation() -> None:
+    ordered = Settings(prefix="p", partitions=16)
+    keys = {topology.inbound_key(ordered, f"conv-{i}") for i in range(200)}
+    assert keys == {f"inbound.{n}" for n in range(16)}  # every partition gets conversations
+    # Stable: the same conversation always lands in the same partition (crc32, not hash()).
+    assert topology.partition_of("cometchat-uid-1_user_demo_bot", 16) == 3
+    assert topology.inbound_key(Settings(ordering="none"), "anything") == "inbound"
 
 
 def test_delay_choice() -> None:

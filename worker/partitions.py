@@ -1,0 +1,246 @@
+"""Spreading the inbound partitions over the live workers (``BOTRELAY_ORDERING=conversation``).
+
+RabbitMQ's single active consumer keeps one consumer per partition but does not balance: the
+first worker to subscribe would win every partition. So workers agree among themselves:
+
+- **Membership**: each worker heartbeats into a Redis sorted set (score = expiry); a worker that
+  stops heartbeating drops out after ``MEMBER_TTL``.
+- **Assignment**: rendezvous hashing over the live members: every worker computes the same owner
+  for each partition, and a join or leave moves only the partitions that must move.
+- **Hand-over**: a worker subscribes to a partition only while holding its lease (a Redis key
+  with a TTL, renewed by the heartbeat). A worker giving a partition up cancels its consumer,
+  waits until every delivery it took from that partition is settled, and only then deletes the
+  lease; so the new owner never runs a conversation's next message while the old owner is still
+  on the previous one. A dead worker's leases expire after ``LEASE_TTL``.
+- **Safety net**: the partition queues keep ``x-single-active-consumer``, so even a worker that
+  lost its lease without noticing (a long pause) cannot receive messages alongside the new owner.
+
+Without Redis (one worker, memory dedup) the worker takes every partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import math
+import os
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import redis.asyncio as aioredis
+
+from shared import topology
+from shared.settings import Settings
+from shared.transport import Delivery
+
+log = logging.getLogger("botrelay.partitions")
+
+HEARTBEAT = 1.0  # seconds between heartbeats and rebalances
+MEMBER_TTL = 3.0  # a worker silent this long is gone
+LEASE_TTL = 5.0  # a dead worker's partitions are free this long after its last heartbeat
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def owner(partition: int, members: list[str]) -> str:
+    """Rendezvous hashing: the member with the highest score for this partition."""
+    return max(members, key=lambda m: hashlib.blake2b(f"{m}/{partition}".encode(),
+                                                      digest_size=8).digest())
+
+
+class Leases(Protocol):
+    me: str
+
+    async def heartbeat(self) -> list[str]: ...
+    async def acquire(self, partition: int) -> bool: ...
+    async def renew(self, partitions: set[int]) -> set[int]: ...
+    async def release(self, partition: int) -> None: ...
+    async def leave(self) -> None: ...
+
+
+class SoloLeases:
+    """One worker, no coordination: it owns everything."""
+
+    def __init__(self, me: str) -> None:
+        self.me = me
+
+    async def heartbeat(self) -> list[str]:
+        return [self.me]
+
+    async def acquire(self, partition: int) -> bool:
+        return True
+
+    async def renew(self, partitions: set[int]) -> set[int]:
+        return set(partitions)
+
+    async def release(self, partition: int) -> None:
+        return None
+
+    async def leave(self) -> None:
+        return None
+
+
+# KEYS[1] members zset; ARGV[1] me, ARGV[2] now ms, ARGV[3] member ttl ms.
+_HEARTBEAT = """
+redis.call('ZADD', KEYS[1], tonumber(ARGV[2]) + tonumber(ARGV[3]), ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]) * 10)
+return redis.call('ZRANGE', KEYS[1], 0, -1)
+"""
+# KEYS = lease keys; ARGV[1] me, ARGV[2] ttl ms. Returns 1/0 per key: still ours.
+_RENEW = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then
+    redis.call('PEXPIRE', key, ARGV[2]); out[i] = 1
+  else out[i] = 0 end
+end
+return out
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class RedisLeases:
+    def __init__(self, client: aioredis.Redis, prefix: str, me: str) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.me = me
+        self._heartbeat = client.register_script(_HEARTBEAT)
+        self._renew = client.register_script(_RENEW)
+        self._release = client.register_script(_RELEASE)
+
+    def _members_key(self) -> str:
+        return f"{self.prefix}:members"
+
+    def _lease_key(self, partition: int) -> str:
+        return f"{self.prefix}:partition:{partition}"
+
+    async def heartbeat(self) -> list[str]:
+        members = await self._heartbeat(
+            keys=[self._members_key()],
+            args=[self.me, int(time.time() * 1000), int(MEMBER_TTL * 1000)])
+        return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
+
+    async def acquire(self, partition: int) -> bool:
+        return bool(await self.client.set(self._lease_key(partition), self.me, nx=True,
+                                          px=int(LEASE_TTL * 1000)))
+
+    async def renew(self, partitions: set[int]) -> set[int]:
+        if not partitions:
+            return set()
+        ordered = sorted(partitions)
+        flags = await self._renew(keys=[self._lease_key(p) for p in ordered],
+                                  args=[self.me, int(LEASE_TTL * 1000)])
+        return {p for p, ok in zip(ordered, flags, strict=True) if int(ok)}
+
+    async def release(self, partition: int) -> None:
+        await self._release(keys=[self._lease_key(partition)], args=[self.me])
+
+    async def leave(self) -> None:
+        await self.client.zrem(self._members_key(), self.me)
+
+
+Subscribe = Callable[[str, int, Callable[[Delivery], Awaitable[None]]], Awaitable[str]]
+Cancel = Callable[[str, str], Awaitable[None]]
+
+
+class PartitionManager:
+    """Keeps this worker subscribed to exactly the partitions it owns."""
+
+    def __init__(self, settings: Settings, leases: Leases, on_delivery: Callable[
+                 [Delivery], Awaitable[None]], subscribe: Subscribe, cancel: Cancel) -> None:
+        self.settings = settings
+        self.leases = leases
+        self.on_delivery = on_delivery
+        self.subscribe = subscribe
+        self.cancel = cancel
+        self.active: dict[int, str] = {}  # partition -> consumer tag
+        self.releasing: set[int] = set()
+        self.in_flight: dict[int, int] = {}
+        self._settled: dict[int, asyncio.Event] = {}
+        self._members: list[str] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def owned(self) -> list[int]:
+        return sorted(self.active)
+
+    def _callback(self, partition: int) -> Callable[[Delivery], Awaitable[None]]:
+        async def deliver(delivery: Delivery) -> None:
+            self.in_flight[partition] = self.in_flight.get(partition, 0) + 1
+            self._settled.setdefault(partition, asyncio.Event()).clear()
+            try:
+                await self.on_delivery(delivery)
+            finally:
+                self.in_flight[partition] -= 1
+                if self.in_flight[partition] == 0:
+                    self._settled[partition].set()
+
+        return deliver
+
+    def _prefetch(self) -> int:
+        # Quorum queues take no channel-wide prefetch: split the worker's concurrency over the
+        # share of partitions it should hold, so in-flight stays near BOTRELAY_CONCURRENCY.
+        members = max(1, len(self._members))
+        share = max(1, math.ceil(self.settings.partitions / members))
+        return max(1, math.ceil(self.settings.concurrency / share))
+
+    async def rebalance(self) -> None:
+        self._members = members = await self.leases.heartbeat()
+        me = self.leases.me
+        wanted = {n for n in range(self.settings.partitions) if owner(n, members) == me}
+        still_ours = await self.leases.renew(set(self.active))
+        for n in list(self.active):
+            if n not in wanted or n not in still_ours:
+                self._start_release(n, lost=n not in still_ours)
+        for n in sorted(wanted - set(self.active) - self.releasing):
+            if await self.leases.acquire(n):
+                queue = topology.partition_queue(self.settings.prefix, n)
+                self.active[n] = await self.subscribe(queue, self._prefetch(), self._callback(n))
+                log.info("took partition %d", n, extra={"worker": me})
+
+    def _start_release(self, n: int, *, lost: bool) -> None:
+        tag = self.active.pop(n)
+        self.releasing.add(n)
+        task = asyncio.create_task(self._release(n, tag, lost=lost), name=f"release-{n}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _release(self, n: int, tag: str, *, lost: bool) -> None:
+        try:
+            await self.cancel(topology.partition_queue(self.settings.prefix, n), tag)
+            if self.in_flight.get(n):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._settled[n].wait(), self.settings.shutdown_grace)
+            if not lost:
+                await self.leases.release(n)
+            log.info("handed over partition %d", n)
+        finally:
+            self.releasing.discard(n)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.rebalance()
+            except Exception as exc:  # Redis or broker hiccup: keep what we have, try again
+                log.warning("partition rebalance failed: %s", exc)
+            await asyncio.sleep(HEARTBEAT)
+
+    async def stop(self) -> None:
+        """Hand every partition back (after its deliveries settle) and leave the group."""
+        for n in list(self.active):
+            self._start_release(n, lost=False)
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self.leases.leave()
