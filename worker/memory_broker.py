@@ -180,8 +180,7 @@ class MemoryBroker:
         self.unsettled += 1
         return MemoryDelivery(self, self.inbound.popleft())
 
-    def consume(self, callback: Callback,
-                prefetch: int) -> str:
+    def consume(self, callback: Callback, prefetch: int) -> str:
         """Run ``callback`` for each inbound message, at most ``prefetch`` unsettled at once."""
         tag = f"memory-consumer-{next(self._ids)}"
         self._consumers[tag] = asyncio.create_task(self._consume(callback, prefetch), name=tag)
@@ -195,8 +194,7 @@ class MemoryBroker:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def _consume(self, callback: Callback,
-                       prefetch: int) -> None:
+    async def _consume(self, callback: Callback, prefetch: int) -> None:
         slots = asyncio.Semaphore(prefetch)
         while True:
             await slots.acquire()
