@@ -45,6 +45,7 @@ class Recorded:
     apikey: str | None
     body: dict[str, Any]
     at: float
+    agent: str = ""  # the sender's User-Agent: which worker sent it
 
 
 class FakeCometChat:
@@ -121,7 +122,8 @@ class FakeCometChat:
             headers = {"Retry-After": "1"} if status == 429 else None
             return self._answer(status, f"ERR_{status}", "injected failure", headers)
         self.replies.append(Recorded(request.path, request.headers.get("apikey"), body,
-                                     time.time()))
+                                     at=time.time(),
+                                     agent=request.headers.get("User-Agent", "")))
         self.statuses[200] += 1
         if self.echo:
             data = body.get("data") or {}

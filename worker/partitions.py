@@ -5,8 +5,10 @@ first worker to subscribe would win every partition. So workers agree among them
 
 - **Membership**: each worker heartbeats into a Redis sorted set (score = expiry); a worker that
   stops heartbeating drops out after ``MEMBER_TTL``.
-- **Assignment**: rendezvous hashing over the live members: every worker computes the same owner
-  for each partition, and a join or leave moves only the partitions that must move.
+- **Assignment**: rendezvous hashing over the live members, with a cap of ceil(partitions /
+  members) each: every worker computes the same owners, the load is balanced even with few
+  partitions (plain rendezvous can leave a worker idle), and a join or leave moves few
+  partitions.
 - **Hand-over**: a worker subscribes to a partition only while holding its lease (a Redis key
   with a TTL, renewed by the heartbeat). A worker giving a partition up cancels its consumer,
   waits until every delivery it took from that partition is settled, and only then deletes the
@@ -49,10 +51,24 @@ def worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-def owner(partition: int, members: list[str]) -> str:
-    """Rendezvous hashing: the member with the highest score for this partition."""
-    return max(members, key=lambda m: hashlib.blake2b(f"{m}/{partition}".encode(),
-                                                      digest_size=8).digest())
+def _score(member: str, partition: int) -> bytes:
+    return hashlib.blake2b(f"{member}/{partition}".encode(), digest_size=8).digest()
+
+
+def assign(partitions: int, members: list[str]) -> dict[int, str]:
+    """Partition -> member. Pairs are taken by descending rendezvous score, skipping members
+    that reached the cap; the same on every worker for the same member list."""
+    cap = math.ceil(partitions / max(1, len(members)))
+    pairs = sorted(((_score(m, p), p, m) for p in range(partitions) for m in members),
+                   reverse=True)
+    owners: dict[int, str] = {}
+    load = dict.fromkeys(members, 0)
+    for _, p, m in pairs:
+        if p in owners or load[m] >= cap:
+            continue
+        owners[p] = m
+        load[m] += 1
+    return owners
 
 
 class Leases(Protocol):
@@ -198,7 +214,7 @@ class PartitionManager:
     async def rebalance(self) -> None:
         self._members = members = await self.leases.heartbeat()
         me = self.leases.me
-        wanted = {n for n in range(self.settings.partitions) if owner(n, members) == me}
+        wanted = {n for n, m in assign(self.settings.partitions, members).items() if m == me}
         still_ours = await self.leases.renew(set(self.active))
         for n in list(self.active):
             if n not in wanted or n not in still_ours:

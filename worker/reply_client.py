@@ -104,7 +104,7 @@ class _Wait:
 class ReplyClient:
     def __init__(self, settings: Settings, metrics: WorkerMetrics | None = None,
                  session: aiohttp.ClientSession | None = None,
-                 limiter: RateLimiter | None = None) -> None:
+                 limiter: RateLimiter | None = None, user_agent: str | None = None) -> None:
         self.settings = settings
         self.metrics = metrics
         # Outbound rate limit per app (the API base names it) and per receiver.
@@ -118,6 +118,9 @@ class ReplyClient:
         self.headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if settings.cometchat_api_key:
             self.headers["apikey"] = settings.cometchat_api_key
+        if user_agent:
+            # Names the sending worker in the API provider's logs (and in the fake's record).
+            self.headers["User-Agent"] = user_agent
         self._wait = _Wait()
 
     def url(self, app_id: str, region: str | None, bot: str) -> str:

@@ -54,7 +54,9 @@ class Worker:
         self.metrics = WorkerMetrics()
         self.broker = BrokerLink(settings, name)
         self.dedup = dedup or make_store(settings)
-        self.replies = replies or ReplyClient(settings, self.metrics)
+        self.id = worker_id()
+        self.replies = replies or ReplyClient(settings, self.metrics,
+                                              user_agent=f"botrelay-worker/{self.id}")
         self.consumer = Consumer(settings, bot, self.dedup, self.replies,
                                  Mover(settings, self.broker), self.metrics)
         self._queue: AbstractQueue | None = None
@@ -62,7 +64,6 @@ class Worker:
         self._stopped = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._metrics_runner: web.AppRunner | None = None
-        self.id = worker_id()
         self.partitions: PartitionManager | None = None
         self._partition_queues: dict[str, AbstractQueue] = {}
         self._redis: aioredis.Redis | None = None
@@ -82,9 +83,9 @@ class Worker:
         channel = self.broker.channel
         assert channel is not None
         await channel.set_qos(prefetch_count=self.settings.concurrency)
-        self._queue = await channel.get_queue(
-            topology.inbound_queue(self.settings.prefix), ensure=False
-        )
+        # Take the handle topology.declare made on this robust channel: only queues it tracks
+        # get their consumers back after a reconnect (a get_queue(ensure=False) handle does not).
+        self._queue = await channel.get_queue(topology.inbound_queue(self.settings.prefix))
         self._consumer_tag = await self._queue.consume(self.consumer.on_delivery)
         if self.settings.ordering == "conversation":
             self.partitions = PartitionManager(self.settings, self._leases(),
@@ -109,7 +110,7 @@ class Worker:
         assert channel is not None
         # Quorum queues apply prefetch per consumer: set it before each subscription.
         await channel.set_qos(prefetch_count=prefetch)
-        queue = await channel.get_queue(name, ensure=False)
+        queue = await channel.get_queue(name)  # the tracked handle, as above
         tag = await queue.consume(callback)
         self._partition_queues[tag] = queue
         return tag
@@ -201,6 +202,7 @@ class Worker:
             except TimeoutError:
                 log.warning("%d deliveries unfinished after the grace period; they go back to "
                             "the queue", self.consumer.in_flight)
+                await self.consumer.cancel_in_flight()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
