@@ -9,10 +9,17 @@ crash in between leaves a copy in both places, which dedup absorbs.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from dataclasses import dataclass, field
 
 import aiormq
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractExchange,
+    AbstractIncomingMessage,
+)
 
 from shared import topology
 from shared.broker import connect, make_message
@@ -37,7 +44,10 @@ def orphaned_queues(settings: Settings, old_partitions: int) -> list[str]:
 
 
 async def drain(settings: Settings, old_partitions: int, *, delete: bool = False,
-                batch_limit: int = 1_000_000) -> DrainReport:
+                idle: float = 2.0) -> DrainReport:
+    """Move every message of the orphaned partition queues; a queue counts as drained once it
+    gave nothing for ``idle`` seconds. Run it after the workers with the old settings are gone
+    (a partition queue delivers to one consumer at a time)."""
     report = DrainReport()
     connection = await connect(settings, "botrelay-drain")
     try:
@@ -46,31 +56,53 @@ async def drain(settings: Settings, old_partitions: int, *, delete: bool = False
         for name in orphaned_queues(settings, old_partitions):
             probe = await connection.channel()
             try:
-                queue = await probe.declare_queue(name, passive=True)
+                await probe.declare_queue(name, passive=True)
             except aiormq.exceptions.ChannelNotFoundEntity:
                 continue  # never existed, nothing to move
-            count = queue.declaration_result.message_count or 0
             with contextlib.suppress(Exception):
                 await probe.close()
-            source = await channel.get_queue(name, ensure=False)
-            moved = 0
-            for _ in range(min(count, batch_limit)):
-                message = await source.get(no_ack=False, fail=False, timeout=10)
-                if message is None:
-                    break
-                conversation = str((message.headers or {}).get(CONVERSATION) or "")
-                await exchange.publish(
-                    make_message(message.body, message_id=message.message_id or "",
-                                 headers=dict(message.headers or {}),
-                                 timestamp=message.timestamp.timestamp()
-                                 if message.timestamp else None),
-                    topology.inbound_key(settings, conversation), mandatory=True, timeout=10)
-                await message.ack()
-                moved += 1
-            report.moved[name] = moved
-            if delete:
-                await channel.queue_delete(name, if_empty=True)
+            report.moved[name] = await _move_all(channel, exchange, settings, name, idle)
+            if delete and await _is_empty(connection, name):
+                # Quorum queues take no if-empty delete: checked just above instead.
+                await channel.queue_delete(name)
                 report.deleted.append(name)
     finally:
         await connection.close()
     return report
+
+
+async def _is_empty(connection: AbstractConnection, name: str) -> bool:
+    probe = await connection.channel()
+    try:
+        queue = await probe.declare_queue(name, passive=True)
+        return not queue.declaration_result.message_count
+    finally:
+        with contextlib.suppress(Exception):
+            await probe.close()
+
+
+async def _move_all(channel: AbstractChannel, exchange: AbstractExchange, settings: Settings,
+                    name: str, idle: float) -> int:
+    # Partition queues have single active consumer, which rules out basic.get: consume.
+    inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+    await channel.set_qos(prefetch_count=100)
+    queue = await channel.get_queue(name, ensure=False)
+    tag = await queue.consume(inbox.put)
+    moved = 0
+    try:
+        while True:
+            try:
+                message = await asyncio.wait_for(inbox.get(), idle)
+            except TimeoutError:
+                return moved
+            conversation = str((message.headers or {}).get(CONVERSATION) or "")
+            await exchange.publish(
+                make_message(message.body, message_id=message.message_id or "",
+                             headers=dict(message.headers or {}),
+                             timestamp=message.timestamp.timestamp()
+                             if message.timestamp else None),
+                topology.inbound_key(settings, conversation), mandatory=True, timeout=10)
+            await message.ack()
+            moved += 1
+    finally:
+        await queue.cancel(tag)

@@ -1,0 +1,59 @@
+"""Lowering the partition count or switching ordering off strands nothing: ``botrelay drain``
+moves what the old partition queues hold to the current routing."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aio_pika
+import orjson
+import pytest
+
+from examples.echo_bot import bot
+from shared import topology
+from shared.broker import make_message
+from shared.headers import ATTEMPT, CONVERSATION, TRIGGER
+from tests.helpers import text_callback, wait_for
+from worker.drain import drain
+from worker.service import Worker
+
+pytestmark = pytest.mark.integration
+
+
+async def _publish_old(settings, docs) -> None:
+    """Callbacks routed as an ingress with ``settings`` (the old ones) would."""
+    connection = await aio_pika.connect(settings.amqp_url)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await topology.declare(channel, settings)
+        for doc in docs:
+            conversation = doc["data"]["conversationId"]
+            await exchange.publish(make_message(
+                orjson.dumps(doc), message_id=f"k{doc['data']['id']}",
+                headers={ATTEMPT: 1, TRIGGER: "after_message", CONVERSATION: conversation}),
+                topology.inbound_key(settings, conversation))
+
+
+@pytest.mark.parametrize("new_mode", ["conversation", "none"])
+async def test_drain_moves_stranded_partitions_and_workers_answer_them(
+        make_settings, fake_api, new_mode):
+    old = make_settings(partitions=8)
+    new = make_settings(partitions=2, ordering=new_mode)
+    docs = [text_callback(str(7000 + i), f"stranded {i}", sender=f"user-{i}") for i in range(40)]
+    await _publish_old(old, docs)
+    stranded = topology.partition_queues(old)[2 if new_mode == "conversation" else 0:]
+    assert stranded
+
+    report = await drain(new, old_partitions=8, idle=0.5)
+    moved_from = {name for name, n in report.moved.items() if n}
+    assert moved_from <= set(stranded)
+    kept = 40 - report.total  # those already in partitions the new settings still consume
+    assert report.total > 0 and kept >= 0
+    again = await drain(new, old_partitions=8, delete=True, idle=0.5)
+    assert again.total == 0 and set(again.deleted) == set(stranded)
+
+    async with Worker(new, bot) as worker:
+        assert await wait_for(lambda: len(fake_api.fake.replies) == 40, timeout=30)
+        await asyncio.wait_for(worker.until_idle(), 20)
+    assert sorted(r.body["data"]["text"] for r in fake_api.fake.replies) == sorted(
+        f"echo: stranded {i}" for i in range(40))
