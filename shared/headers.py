@@ -10,3 +10,6 @@ ERROR_KIND = "x-botrelay-error-kind"  # "permanent" (user or input mistake) or "
 FAILED_AT = "x-botrelay-failed-at"  # Unix ms
 QUEUE = "x-botrelay-queue"  # the queue the message was taken from when it failed
 REPLAYED = "x-botrelay-replayed"  # set by `botrelay dlq replay`: Unix ms of the replay
+# Replies the reply API accepted but the dedup store could not record (it was down): a retry
+# carries the count and does not send those again.
+REPLIED = "x-botrelay-replied"

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from shared.broker import PUBLISH_ERRORS
@@ -27,7 +27,7 @@ from shared.errors import (
     Retry,
     TransientError,
 )
-from shared.headers import CONVERSATION, RECEIVED_AT, TRIGGER
+from shared.headers import CONVERSATION, RECEIVED_AT, REPLIED, TRIGGER
 from shared.metrics import WorkerMetrics
 from shared.payloads import Message, parse_body
 from shared.settings import Settings
@@ -58,6 +58,21 @@ class Context:
 
     key: str | None = None
     pen: str | None = None  # its conversation's pen, when replies are kept in order
+    delivering: bool = False  # replies may be going out: their own task settles the claim
+
+
+class Unrecorded(DedupUnavailable):
+    """Replies were accepted but the dedup store could not record it. The retry carries how many
+    (header ``x-botrelay-replied``) and does not send them again."""
+
+    def __init__(self, sent: int, cause: DedupUnavailable) -> None:
+        super().__init__(f"{sent} replies sent, not recorded: {cause}")
+        self.sent = sent
+
+
+def _replied(delivery: Delivery) -> int:
+    value = (delivery.headers or {}).get(REPLIED)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 class ReplySender(Protocol):
@@ -83,6 +98,7 @@ class Consumer:
         self.idle = asyncio.Event()
         self.idle.set()
         self._abandoned: set[asyncio.Task[list[Reply]]] = set()
+        self._delivering: set[asyncio.Task[int]] = set()
         self.ordered = settings.ordering == "conversation"
 
     async def on_delivery(self, delivery: Delivery) -> None:
@@ -127,8 +143,10 @@ class Consumer:
                 return
             except DedupUnavailable as exc:
                 self.metrics.dedup_unavailable.inc()
+                extra = {REPLIED: exc.sent} if isinstance(exc, Unrecorded) else None
                 delay = await self.mover.to_retry(delivery, attempt=attempt,
-                                                  delay=self.settings.retry_delays[0])
+                                                  delay=self.settings.retry_delays[0],
+                                                  extra=extra)
                 outcome = "delayed"
                 log.warning("delayed: dedup store unavailable, not replying unrecorded",
                             extra={**fields, "delay": delay, "error": str(exc),
@@ -215,13 +233,15 @@ class Consumer:
             return Outcome("parked", delay=claim.delay or self.settings.retry_delays[0])
         if claim.status is Status.BUSY:
             return Outcome("busy")
+        if _replied(delivery) > claim.sent:
+            claim = replace(claim, sent=_replied(delivery))
         try:
-            sent = await self._answer(msg, key, claim)
+            sent = await self._answer(msg, key, claim, ctx)
         except BaseException:
-            with contextlib.suppress(DedupUnavailable):
-                await self.dedup.release(key, claim.token)
+            if not ctx.delivering:  # else the delivering task settles the claim itself
+                with contextlib.suppress(DedupUnavailable):
+                    await self.dedup.release(key, claim.token)
             raise
-        await self._mark_done(key, claim.token, ctx.pen)
         received = (delivery.headers or {}).get(RECEIVED_AT)
         if sent and isinstance(received, int):
             self.metrics.end_to_end_seconds.observe(max(0.0, time.time() - received / 1000))
@@ -255,7 +275,7 @@ class Consumer:
         if not task.cancelled():
             task.exception()
 
-    async def _answer(self, msg: Message, key: str, claim: Claim) -> int:
+    async def _answer(self, msg: Message, key: str, claim: Claim, ctx: Context) -> int:
         started = time.perf_counter()
         try:
             replies = await self._dispatch(msg)
@@ -265,16 +285,38 @@ class Consumer:
             ) from None
         finally:
             self.metrics.handler_seconds.observe(time.perf_counter() - started)
-        if not replies:
-            return 0
-        bot_uid = self.bot.sender_uid(msg)
-        url = self.replies.url(msg.app_id, msg.region, bot_uid)
+        url = self.replies.url(msg.app_id, msg.region, self.bot.sender_uid(msg))
         # Build every body first: an invalid reply fails the message before anything is sent.
         bodies = [reply.body(msg, muid(key, i)) for i, reply in enumerate(replies)]
-        for i in range(claim.sent, len(bodies)):
-            await self.replies.send(url, bodies[i])
-            if i + 1 < len(bodies):
-                await self.dedup.progress(key, i + 1)
+        # From here a reply may go out: sending and recording run to the end even if this task
+        # is cancelled (losing the broker connection cancels its consumers' tasks), so the
+        # redelivery finds the key done instead of answering again.
+        ctx.delivering = True
+        task = asyncio.ensure_future(self._deliver(url, bodies, key, claim, ctx.pen))
+        self._delivering.add(task)
+        task.add_done_callback(self._delivering.discard)
+        return await asyncio.shield(task)
+
+    async def _deliver(self, url: str, bodies: list[dict[str, Any]], key: str, claim: Claim,
+                       pen: str | None) -> int:
+        """Send the replies not sent yet and mark the key done; on failure release the claim.
+        Never sends a reply whose predecessor could not be recorded (``Unrecorded``)."""
+        try:
+            for i in range(claim.sent, len(bodies)):
+                await self.replies.send(url, bodies[i])
+                if i + 1 < len(bodies):
+                    try:
+                        await self.dedup.progress(key, i + 1)
+                    except DedupUnavailable as exc:
+                        raise Unrecorded(i + 1, exc) from exc
+            try:
+                await self._mark_done(key, claim.token, pen)
+            except DedupUnavailable as exc:
+                raise Unrecorded(max(len(bodies), claim.sent), exc) from exc
+        except BaseException:
+            with contextlib.suppress(DedupUnavailable):
+                await self.dedup.release(key, claim.token)
+            raise
         return len(bodies)
 
     async def _mark_done(self, key: str, token: str, pen: str | None) -> None:

@@ -44,10 +44,12 @@ class Mover:
         self.settings = settings
         self.broker = broker
 
-    async def to_retry(self, delivery: Delivery, *, attempt: int, delay: float) -> float:
-        """Publish a copy to the retry queue nearest ``delay`` with ``attempt``, then ack."""
+    async def to_retry(self, delivery: Delivery, *, attempt: int, delay: float,
+                       extra: dict[str, Any] | None = None) -> float:
+        """Publish a copy to the retry queue nearest ``delay`` with ``attempt`` (and the
+        ``extra`` headers), then ack."""
         delay = topology.pick_delay(self.settings.retry_delays, delay)
-        headers = dict(delivery.headers or {})
+        headers = {**(delivery.headers or {}), **(extra or {})}
         headers[ATTEMPT] = attempt
         # The routing key travels with the message (its partition, or the shared queue); the
         # retry queue dead-letters it back to the main exchange under that key.
