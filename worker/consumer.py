@@ -97,6 +97,7 @@ class Consumer:
         self.in_flight = 0
         self.idle = asyncio.Event()
         self.idle.set()
+        self._running: set[asyncio.Task[Any]] = set()
         self._abandoned: set[asyncio.Task[list[Reply]]] = set()
         self._delivering: set[asyncio.Task[int]] = set()
         self.ordered = settings.ordering == "conversation"
@@ -111,11 +112,15 @@ class Consumer:
         self.in_flight += 1
         self.idle.clear()
         self.metrics.in_flight.inc()
+        task = asyncio.current_task()
+        if task is not None:
+            self._running.add(task)
         try:
             if previous is not None:
                 await previous.wait()
             await self.process(delivery)
         finally:
+            self._running.discard(task)
             mine.set()
             if self._tails.get(conversation) is mine:
                 del self._tails[conversation]
@@ -123,6 +128,16 @@ class Consumer:
             self.metrics.in_flight.dec()
             if self.in_flight == 0:
                 self.idle.set()
+
+    async def cancel_in_flight(self, timeout: float = 5.0) -> None:
+        """Give up on the deliveries still running (shutdown past its grace): each releases its
+        dedup claim, so the broker's redelivery is taken up at once instead of after the lease;
+        none is acked, so the broker redelivers them all."""
+        tasks = [t for t in self._running if not t.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
 
     async def process(self, delivery: Delivery) -> None:
         attempt = attempt_of(delivery)

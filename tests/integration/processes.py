@@ -35,13 +35,14 @@ async def wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> None:
 
 
 async def start_worker(settings: Settings, log_path: Path,
-                       extra_env: dict[str, str] | None = None) -> WorkerProcess:
+                       extra_env: dict[str, str] | None = None,
+                       app: str = "examples.echo_bot:bot") -> WorkerProcess:
     """A worker child process, returned once it consumes."""
-    before = count_lines(log_path, "worker consuming")
-    worker = WorkerProcess(settings, extra_env=extra_env, log_path=log_path)
+    before = count_lines(log_path, " consuming ")
+    worker = WorkerProcess(settings, app, extra_env=extra_env, log_path=log_path)
     stop_at = time.monotonic() + 30
     while time.monotonic() < stop_at:
-        if count_lines(log_path, "worker consuming") > before:
+        if count_lines(log_path, " consuming ") > before:
             return worker
         if worker.proc.poll() is not None:
             raise RuntimeError(f"worker exited with {worker.proc.returncode}")
