@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import orjson
+from aio_pika.exceptions import DeliveryError
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
@@ -39,8 +40,10 @@ def _reject(state: IngressState, status: int, reason: str, error: str, detail: s
     return _json(status, {"error": error, "detail": detail}, headers)
 
 
-def _unavailable(state: IngressState, detail: str) -> web.Response:
-    state.metrics.callbacks.labels("unavailable", "broker").inc()
+def _unavailable(state: IngressState, reason: str, detail: str) -> web.Response:
+    """503 with Retry-After; ``reason``: shutting_down, broker_down, timeout, queue_full or
+    refused (the metric's label)."""
+    state.metrics.callbacks.labels("unavailable", reason).inc()
     return _json(
         503,
         {"error": "service unavailable", "detail": detail},
@@ -114,7 +117,7 @@ async def _answer(request: web.Request, state: IngressState) -> web.Response:
         state.metrics.callbacks.labels("ignored", reason).inc()
         return _json(200, {"status": "ignored", "reason": callback.ignore_reason})
     if state.closing:
-        return _unavailable(state, "shutting down")
+        return _unavailable(state, "shutting_down", "shutting down")
 
     message = make_message(
         body,
@@ -130,10 +133,13 @@ async def _answer(request: web.Request, state: IngressState) -> web.Response:
         await state.broker.publish(message, inbound_key(settings, callback.conversation_id),
                                    timeout=settings.publish_timeout)
     except BrokerUnavailable:
-        return _unavailable(state, "the message broker is not reachable")
+        return _unavailable(state, "broker_down", "the message broker is not reachable")
     except TimeoutError:
-        return _unavailable(state, "the message broker did not confirm in time")
+        return _unavailable(state, "timeout", "the message broker did not confirm in time")
     except PUBLISH_ERRORS as exc:
-        return _unavailable(state, f"the message broker refused the message ({type(exc).__name__})")
+        # A nack is what a full inbound queue (x-overflow reject-publish) answers.
+        reason = "queue_full" if isinstance(exc, DeliveryError) else "refused"
+        return _unavailable(state, reason,
+                            f"the message broker refused the message ({type(exc).__name__})")
     state.metrics.callbacks.labels("queued", "").inc()
     return _json(200, {"status": "queued", "id": callback.dedup_key})

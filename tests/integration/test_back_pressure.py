@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from examples.echo_bot import bot
+from ingress.state import STATE
 from shared import topology
 from tests.helpers import generated, muid_counts, post_all, wait_for
 from worker.service import Worker
@@ -51,6 +52,8 @@ async def test_a_full_inbound_queue_makes_the_ingress_answer_503(
     assert all(answers[i][1] and float(answers[i][1]) > 0 for i in refused)  # type: ignore[arg-type]
     # Nothing beyond the limit was kept: what the broker holds is exactly what was accepted.
     assert await inbound_depth(amqp_url, settings) == len(accepted)
+    callbacks = ingress.app[STATE].metrics.callbacks
+    assert callbacks.labels("unavailable", "queue_full")._value.get() == len(refused)
 
     # Once a worker drains the queue, the sender's retries get through: all answered, once.
     async with Worker(settings, bot) as worker:

@@ -108,6 +108,7 @@ async def test_ingress_and_worker_metrics_match_the_traffic(
     assert value(i, "botrelay_callbacks_total", outcome="rejected", reason="content_type") == 1
     assert sum(v for (name, labels), v in i.items() if name == "botrelay_callbacks_total"
                and dict(labels)["outcome"] == "unavailable") == 1
+    assert value(i, "botrelay_callbacks_total", outcome="unavailable", reason="shutting_down") == 1
     assert value(i, "botrelay_ingress_request_seconds_count") == 11
 
     # Worker: deliveries by outcome (the flaky one is retried once, then replied).
