@@ -7,7 +7,11 @@ It records every accepted reply and can misbehave on demand:
 - ``latency``: answer slowly; ``hang_first``: never answer the first N requests;
 - ``rate_limit``: at most N requests per second per app (path prefix), else 429 with
   ``Retry-After`` and ``X-RateLimit-Reset``;
-- ``fail_first``: answer ``fail_status`` to the first N requests.
+- ``fail_first``: answer ``fail_status`` to the first N requests;
+- ``reset_first``: reset the connection of the first N requests without answering;
+- ``garbage_first``: answer the first N requests with bytes that are not HTTP;
+- ``lose_answer_first``: store the first N replies, then reset the connection (the reply was
+  taken but its answer is lost on the way back).
 
 Control it in-process (``FakeCometChat.config``) or over HTTP: ``GET /_fake/replies``,
 ``POST /_fake/config`` (JSON of the fields above), ``POST /_fake/reset``.
@@ -18,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import socket
+import struct
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field, fields
@@ -37,6 +43,9 @@ class FakeConfig:
     hang_first: int = 0
     rate_limit: int = 0  # requests per second per app; 0 = unlimited
     seed: int | None = None
+    reset_first: int = 0
+    garbage_first: int = 0
+    lose_answer_first: int = 0
 
 
 @dataclass
@@ -105,6 +114,10 @@ class FakeCometChat:
         if cfg.latency:
             await asyncio.sleep(cfg.latency)
         raw = await request.read()
+        if number <= cfg.reset_first:
+            return _drop(request)
+        if number <= cfg.garbage_first:
+            return _drop(request, b"\x00\xffHTTP/9.9 OK?\r\n\r\n<html>not an answer")
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -125,6 +138,8 @@ class FakeCometChat:
                                      at=time.time(),
                                      agent=request.headers.get("User-Agent", "")))
         self.statuses[200] += 1
+        if number <= cfg.lose_answer_first:
+            return _drop(request)
         if self.echo:
             data = body.get("data") or {}
             print(f"reply -> {body.get('receiverType')} {body.get('receiver')}: "
@@ -150,6 +165,22 @@ class FakeCometChat:
     async def reset_handler(self, request: web.Request) -> web.Response:
         self.reset()
         return web.json_response({"status": "reset"})
+
+
+def _drop(request: web.Request, data: bytes = b"") -> web.Response:
+    """Write ``data`` (if any), then reset the connection; aiohttp drops the returned answer."""
+    transport = request.transport
+    if transport is None:
+        return web.Response(status=204)
+    if data:
+        transport.write(data)
+        transport.close()
+    else:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:  # SO_LINGER 0: the close is a TCP reset
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
+    return web.Response(status=204)
 
 
 def _dumps(obj: Any) -> str:

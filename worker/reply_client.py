@@ -57,6 +57,9 @@ RETRYABLE: tuple[type[BaseException], ...] = (
     ReplyFailed,
     aiohttp.ClientConnectionError,
     aiohttp.ClientPayloadError,
+    # An answer that is not HTTP at all (a broken proxy in between); no raise_for_status here,
+    # so this is the only way the client raises it.
+    aiohttp.ClientResponseError,
     asyncio.TimeoutError,
 )
 
