@@ -37,41 +37,41 @@ def _missing(what: str, env: str, start: str) -> str:
             "or run a Docker engine so testcontainers can start one")
 
 
-def amqp_url() -> str:
-    url = os.environ.get("BOTRELAY_TEST_AMQP_URL")
+def _find(env: str, local: str, port: int, start: Any, what: str, hint: str) -> str:
+    """``env`` if set, else ``local`` if listening, else a container from ``start()``."""
+    url = os.environ.get(env)
     if url:
         return url
-    local = "amqp://guest:guest@127.0.0.1:5672/"
-    if _listening(local, 5672):
+    if _listening(local, port):
         return local
     if _docker_available():
-        from testcontainers.rabbitmq import RabbitMqContainer
-
-        container = RabbitMqContainer("rabbitmq:4-management").start()
+        container, scheme, path = start()
         _containers.append(container)
         host = container.get_container_host_ip()
-        port = container.get_exposed_port(5672)
-        return f"amqp://guest:guest@{host}:{port}/"
-    raise RuntimeError(_missing("RabbitMQ", "BOTRELAY_TEST_AMQP_URL", "rabbitmq-server -detached"))
+        return f"{scheme}{host}:{container.get_exposed_port(port)}{path}"
+    raise RuntimeError(_missing(what, env, hint))
+
+
+def _rabbitmq() -> tuple[Any, str, str]:
+    from testcontainers.rabbitmq import RabbitMqContainer
+
+    return RabbitMqContainer("rabbitmq:4-management").start(), "amqp://guest:guest@", "/"
+
+
+def _redis() -> tuple[Any, str, str]:
+    from testcontainers.redis import RedisContainer
+
+    return RedisContainer("redis:7").start(), "redis://", "/0"
+
+
+def amqp_url() -> str:
+    return _find("BOTRELAY_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/", 5672,
+                 _rabbitmq, "RabbitMQ", "rabbitmq-server -detached")
 
 
 def redis_url() -> str:
-    url = os.environ.get("BOTRELAY_TEST_REDIS_URL")
-    if url:
-        return url
-    local = "redis://127.0.0.1:6379/0"
-    if _listening(local, 6379):
-        return local
-    if _docker_available():
-        from testcontainers.redis import RedisContainer
-
-        container = RedisContainer("redis:7").start()
-        _containers.append(container)
-        host = container.get_container_host_ip()
-        port = container.get_exposed_port(6379)
-        return f"redis://{host}:{port}/0"
-    raise RuntimeError(_missing("Redis", "BOTRELAY_TEST_REDIS_URL",
-                                "redis-server --daemonize yes --port 6379"))
+    return _find("BOTRELAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0", 6379, _redis, "Redis",
+                 "redis-server --daemonize yes --port 6379")
 
 
 def stop_containers() -> None:
