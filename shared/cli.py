@@ -84,7 +84,10 @@ async def run_ingress(settings: Settings) -> None:
     from ingress.state import STATE
 
     app = make_app(settings)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_grace)
+    # An AppRunner keeps an idle connection, or one whose headers never end, for an hour by
+    # default; 75 s is what aiohttp's own run_app uses.
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_grace,
+                           keepalive_timeout=75.0)
     await runner.setup()
     await web.TCPSite(runner, settings.host, settings.port, backlog=1024).start()
     log.info("ingress listening on http://%s:%d/callback", settings.host, settings.port)

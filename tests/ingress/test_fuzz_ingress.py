@@ -338,8 +338,8 @@ def test_zz_only_valid_callbacks_were_published(live: LiveIngress) -> None:
 
 @pytest.mark.xfail(strict=True, reason=(
     "aiohttp has no deadline for the request line and headers: a client dribbling its headers "
-    "holds a connection until the server's keep-alive timeout (3630 s with AppRunner defaults), "
-    "not BOTRELAY_BODY_TIMEOUT; cap header time in the load balancer in front of the ingress"))
+    "holds a connection until the keep-alive timeout (75 s, set by `botrelay ingress`), not "
+    "BOTRELAY_BODY_TIMEOUT; cap header time in the load balancer in front of the ingress"))
 def test_slow_headers_are_timed_out(live: LiveIngress) -> None:
     with socket.create_connection(("127.0.0.1", live.port), timeout=BODY_TIMEOUT + 2) as sock:
         sock.sendall(b"POST /callback HTTP/1.1\r\nHost: x\r\n")
