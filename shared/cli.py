@@ -209,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("dev", help="ingress and worker in one process on an in-memory broker")
     p.add_argument("--app", default=DEFAULT_APP, help="MODULE:ATTR of a worker.Bot")
-    p.add_argument("--host")
+    p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1: dev mode has no auth")
     p.add_argument("--port", type=int)
     p.add_argument("--log-format", choices=("text", "json"), default="text")
 
