@@ -21,6 +21,7 @@ from ingress.auth import BasicAuth
 from shared.settings import Settings
 from tests.chaos.hostile import dumps, fuzz
 from tests.chaos.live import Answer, LiveIngress, free_port
+from tests.chaos.report import Figures, record
 from tests.helpers import text_callback
 
 USER = "cometchat"
@@ -42,24 +43,34 @@ def live(amqp_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Li
     )
     log_path = Path(tmp_path_factory.mktemp("ingress")) / "ingress.log"
     ingress = LiveIngress(settings, log_path).start()
+    started = time.monotonic()
     yield ingress
     ingress.stop()
     ingress.delete_topology()
+    record(Figures("ingress: wrong or hostile credentials", sent=TRIED[0], accepted=0,
+                   seconds=time.monotonic() - started,
+                   note=f"{TRIED[1]} x 401, {TRIED[0] - TRIED[1]} x 400 from the HTTP parser"))
     logged = log_path.read_bytes()
     for secret in (PASSWORD, API_KEY, basic(USER, PASSWORD).split()[1]):
         assert secret.encode() not in logged, f"{secret!r} leaked into the logs"
+
+
+TRIED = [0, 0]  # requests with wrong credentials, of which answered 401
 
 
 def refused(answer: Answer) -> None:
     """401 from the ingress, or 400 from aiohttp's HTTP parser for a header value no HTTP/1.1
     server may accept (control characters): either way the request never reached the app."""
     if answer.status == 400 and answer.headers["content-type"].startswith("text/plain"):
+        TRIED[0] += 1
         assert answer.body.startswith(b"Invalid header value char"), answer.body
         return
     unauthorized(answer)
 
 
 def unauthorized(answer: Answer) -> None:
+    TRIED[0] += 1
+    TRIED[1] += answer.status == 401
     assert answer.status == 401, (answer.status, answer.body)
     assert answer.headers.get("www-authenticate", "").startswith("Basic ")
     assert answer.headers["content-type"].startswith("application/json")

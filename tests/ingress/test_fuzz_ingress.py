@@ -74,7 +74,8 @@ def live(amqp_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Li
     figures = Figures("ingress: hostile HTTP requests", sent=TALLY.sent,
                       accepted=TALLY.queued, answered=TALLY.queued,
                       seconds=time.monotonic() - started)
-    figures.note = "statuses " + " ".join(f"{k}:{v}" for k, v in sorted(TALLY.statuses.items()))
+    figures.note = ("queue held exactly the queued, all valid; statuses "
+                    + " ".join(f"{k}:{v}" for k, v in sorted(TALLY.statuses.items())))
     record(figures)
 
 

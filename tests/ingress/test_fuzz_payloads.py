@@ -5,6 +5,8 @@ else; and what it accepts can be published (AMQP limits) and answered."""
 from __future__ import annotations
 
 import contextlib
+import time
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import example, given
@@ -13,6 +15,7 @@ from hypothesis import strategies as st
 from shared.errors import PayloadError
 from shared.payloads import MESSAGE_TRIGGERS, Callback, parse_body, parse_callback
 from tests.chaos.hostile import BASES, dumps, fuzz, json_values, mutated_callbacks
+from tests.chaos.report import Figures, record
 from tests.helpers import fixture, text_callback
 
 # AMQP's message-id is a short string: at most 255 bytes.
@@ -38,13 +41,28 @@ def check(callback: Callback) -> None:
     _ = (msg.command, msg.args, msg.attachments, msg.custom_data, msg.reply_receiver)
 
 
+SEEN = {"bodies": 0, "accepted": 0}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _figures() -> Iterator[None]:
+    started = time.monotonic()
+    yield
+    record(Figures("parser: hostile bodies (no services)", sent=SEEN["bodies"],
+                   accepted=SEEN["accepted"], answered=SEEN["accepted"],
+                   seconds=time.monotonic() - started,
+                   note="each a Callback or a PayloadError, nothing else"))
+
+
 def parse_or_reject(body: bytes) -> Callback | None:
+    SEEN["bodies"] += 1
     try:
         callback = parse_body(body)
     except PayloadError as exc:
         assert exc.error and exc.detail
         return None
     check(callback)
+    SEEN["accepted"] += 1
     return callback
 
 
