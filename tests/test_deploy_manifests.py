@@ -154,6 +154,9 @@ def test_deployments_match_the_code(k8s, name, command, port_field):
     assert port == getattr(DEFAULTS, port_field)
     assert [p["containerPort"] for p in container(doc)["ports"]] == [port]
     probes = {kind: container(doc)[kind]["httpGet"] for kind in ("readinessProbe", "livenessProbe")}
+    if "startupProbe" in container(doc):
+        probes["startupProbe"] = container(doc)["startupProbe"]["httpGet"]
+        assert probes["startupProbe"]["path"] == "/healthz"
     assert probes["readinessProbe"]["path"] == "/readyz"
     assert probes["livenessProbe"]["path"] == "/healthz"
     assert {named_port(doc, p["port"]) for p in probes.values()} == {port}
