@@ -42,6 +42,8 @@ async def handler(msg: Message) -> str:
         raise RuntimeError("handler bug: boom")
     if text.startswith("hang"):
         await asyncio.Event().wait()
+    if text.startswith("blocking"):
+        time.sleep(3 * HANDLER_TIMEOUT)  # noqa: ASYNC251  (the mistake under test)
     if text.startswith("stubborn"):
         # Swallows cancellation, as careless code with a bare `except:` does; it stops only
         # when the test ends (or after a minute), so the event loop can close.
@@ -253,3 +255,24 @@ def _record(name: str, background: Background, latencies: list[float], started: 
     worst = finite[-1] if finite else 0.0
     figures.note = f"{note}; others answered {answered}, slowest {worst:.2f}s"
     record(figures)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a handler that blocks the event loop (time.sleep, a CPU-bound loop, a blocking client) "
+    "stalls every conversation on its worker: BOTRELAY_HANDLER_TIMEOUT cannot interrupt code "
+    "that never yields; such work belongs in asyncio.to_thread or a process pool"))
+async def test_handler_that_blocks_the_event_loop_does_not_stall_others(running, fake_api
+                                                                       ) -> None:
+    _settings, _worker, publisher = running
+    await publisher.send_callback(text_callback(f"b-{uuid.uuid4().hex[:8]}", "blocking",
+                                                sender="blocker"))
+    sent = {}
+    for i in range(10):  # other conversations, queued right behind the blocker
+        text = f"other-{uuid.uuid4().hex[:8]}"
+        sent[f"echo: {text}"] = time.time()
+        await publisher.send_callback(text_callback(f"o{i}-{uuid.uuid4().hex[:6]}", text,
+                                                    sender=f"other-{i}"))
+    assert await wait_for(lambda: set(sent) <= {r.body["data"]["text"]
+                                                for r in fake_api.fake.replies}, 15)
+    got = {r.body["data"]["text"]: r.at for r in fake_api.fake.replies}
+    assert max(got[t] - at for t, at in sent.items()) < HANDLER_TIMEOUT * 2
