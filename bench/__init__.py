@@ -1,0 +1,1 @@
+"""botrelay's benchmark suite: ``python -m bench`` (``--smoke`` for a quick check)."""

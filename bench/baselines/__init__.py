@@ -1,0 +1,1 @@
+"""Bare baselines: the same jobs written plainly and fast without botrelay."""

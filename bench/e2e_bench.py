@@ -1,0 +1,115 @@
+"""End-to-end latency at a fixed offered rate: load generator -> botrelay ingress -> RabbitMQ ->
+worker(s) with Redis dedup -> the fake reply API. Each callback's text carries its send time;
+the latency is from that send to the fake accepting the echo reply. The inbound queues' depth is
+sampled throughout to show whether the workers keep up."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench.common import (
+    ROOT,
+    Child,
+    bench_settings,
+    botrelay_env,
+    cleanup,
+    connect,
+    core,
+    e2e_latencies,
+    free_port,
+    new_prefix,
+    percentile,
+    python,
+    queue_depth,
+    spawn,
+    wait_http,
+    wait_log,
+    wait_replies,
+)
+from shared import topology
+from shared.fake_cometchat import RunningFake
+
+
+async def _sample_depth(names: list[str], samples: list[tuple[float, int]],
+                        stop: asyncio.Event) -> None:
+    connection = await connect()
+    async with connection:
+        channel = await connection.channel()
+        t0 = time.monotonic()
+        while not stop.is_set():
+            samples.append((time.monotonic() - t0, await queue_depth(channel, names)))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.25)
+
+
+async def run(rate: float, duration: float, *, workers: int, logdir: Path,
+              ordering: str = "conversation") -> dict[str, Any]:
+    prefix = new_prefix(f"e2e-{int(rate)}")
+    settings = bench_settings(prefix, ordering)
+    port = free_port()
+    count = int(rate * duration)
+    children: list[Child] = []
+    async with RunningFake() as fake:
+        env = botrelay_env(prefix, fake, redis=True, ordering=ordering, BOTRELAY_PORT=str(port))
+        try:
+            # Ingress on core 0; worker 1 on core 1, worker 2 on core 0; load and fake on core 1.
+            ingress = spawn("e2e-ingress", python("-m", "ingress"), env, core(0), logdir)
+            children.append(ingress)
+            await wait_http(f"http://127.0.0.1:{port}/readyz", child=ingress)
+            for w in range(workers):
+                worker = spawn(f"e2e-worker-{w + 1}", python("-m", "worker"), env,
+                               core(w + 1), logdir)
+                children.append(worker)
+                await wait_log(worker, "consuming")
+            if ordering == "conversation" and workers > 1:
+                await asyncio.sleep(3.0)  # let the partitions settle over the workers
+            samples: list[tuple[float, int]] = []
+            stop = asyncio.Event()
+            sampler = asyncio.create_task(
+                _sample_depth(topology.inbound_queues(settings), samples, stop))
+            argv = python("-m", "bench.loadgen", "--url", f"http://127.0.0.1:{port}/callback",
+                          "--rate", str(rate), "--count", str(count),
+                          "--duration", str(duration + 5), "--concurrency", "512")
+            loadgen = await asyncio.create_subprocess_exec(
+                "taskset", "-c", str(core(1)), *argv, stdout=asyncio.subprocess.PIPE,
+                cwd=str(ROOT))
+            out, _ = await asyncio.wait_for(loadgen.communicate(), duration + 60)
+            line = next(x for x in out.decode().splitlines() if x.startswith("LOADGEN_JSON "))
+            sent = orjson.loads(line.split(" ", 1)[1])
+            await wait_replies(fake.fake, sent["ok"], timeout=30, stall=3)
+            stop.set()
+            await sampler
+            for child in children:
+                if not child.alive():
+                    raise RuntimeError(f"{child.name} died:\n{child.tail()}")
+        finally:
+            for child in children:
+                child.stop()
+            await cleanup(prefix, settings=settings)
+        latencies = e2e_latencies(fake.fake)
+    depths = [d for _, d in samples]
+    half = len(depths) // 2
+    return {
+        "scenario": f"e2e {int(rate)}/s",
+        "contender": f"botrelay, Redis dedup, {workers} worker{'s' if workers > 1 else ''}, "
+                     f"ordering={ordering}",
+        "offered_rate": rate,
+        "sent_rate": sent["rate"],
+        "throughput": len(latencies) / sent["elapsed_s"] if sent["elapsed_s"] else 0.0,
+        "sent": sent["sent"], "accepted": sent["ok"], "replies": len(latencies),
+        "p50_ms": percentile(latencies, 50) * 1000,
+        "p99_ms": percentile(latencies, 99) * 1000,
+        "max_ms": max(latencies, default=float("nan")) * 1000,
+        "ingress_p99_ms": sent["p99_ms"],
+        "queue_depth_max": max(depths, default=0),
+        "queue_depth_first_half_max": max(depths[:half], default=0),
+        "queue_depth_second_half_max": max(depths[half:], default=0),
+        "cores": {"ingress": core(0), **{f"worker {w + 1}": core(w + 1) for w in range(workers)},
+                  "loadgen, fake API + driver": core(1), "rabbitmq, redis": "unpinned"},
+    }
