@@ -167,3 +167,27 @@ async def test_full_inbound_queue_is_503(make_settings, start_ingress):
     # limit may still get in; what matters is that every 200 is in the queue and the rest got 503.
     assert statuses[:2] == [200, 200] and statuses[-1] == 503
     assert await _inbound_count(settings) == statuses.count(200)
+
+
+async def test_no_confirm_within_the_publish_timeout_is_503(make_settings, start_ingress):
+    import time
+
+    from tests.chaos.tcp_proxy import TCPProxy
+
+    async with TCPProxy("127.0.0.1", 5672) as proxy:
+        settings = make_settings(amqp_url=proxy.url("amqp://guest:guest@127.0.0.1:{port}/"),
+                                 publish_timeout=0.5)
+        running = await start_ingress(settings)
+        doc = fixture("bot_user_text")
+        status, _, _ = await _post(f"{running.url}/callback", orjson.dumps(doc))
+        assert status == 200
+        proxy.stall()  # the broker stops answering; the connection stays open
+        doc["data"]["id"] = "713"
+        started = time.monotonic()
+        status, headers, body = await _post(f"{running.url}/callback", orjson.dumps(doc))
+        waited = time.monotonic() - started
+        proxy.heal()
+        assert status == 503
+        assert "Retry-After" in headers
+        assert "confirm" in body["detail"]
+        assert 0.4 <= waited < 1.5  # answered at the timeout, well inside CometChat's 2 s
