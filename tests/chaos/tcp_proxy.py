@@ -7,8 +7,12 @@
         await asyncio.sleep(3)
         proxy.heal()             # accept again
 
+        proxy.stall()            # a black hole: connections stay open, no byte gets through
+        proxy.heal()             # what was held back flows again
+
 While cut, new connections are accepted and closed at once (the client sees a reset, as with a
-firewall rejecting), so clients fail fast instead of waiting for a timeout.
+firewall rejecting), so clients fail fast instead of waiting for a timeout. While stalled, nothing
+is read or forwarded and new connections are held unanswered: clients only find out by timeouts.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ class TCPProxy:
         self.host = host
         self.port = 0
         self.refusing = False
+        self._flowing = asyncio.Event()
+        self._flowing.set()
         self.connections_made = 0
         self.connections_cut = 0
         self._server: asyncio.Server | None = None
@@ -51,6 +57,11 @@ class TCPProxy:
         if self.refusing:
             _abort(writer)
             return
+        self._writers.add(writer)
+        await self._flowing.wait()
+        self._writers.discard(writer)
+        if writer.is_closing():
+            return
         try:
             up_reader, up_writer = await asyncio.open_connection(self.target_host,
                                                                  self.target_port)
@@ -74,7 +85,12 @@ class TCPProxy:
 
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
-            while data := await reader.read(65536):
+            while True:
+                await self._flowing.wait()
+                data = await reader.read(65536)
+                if not data:
+                    return
+                await self._flowing.wait()
                 writer.write(data)
                 await writer.drain()
 
@@ -90,8 +106,13 @@ class TCPProxy:
         await asyncio.sleep(0)
         return cut
 
+    def stall(self) -> None:
+        """Stop every byte in both directions, and hold new connections, until ``heal``."""
+        self._flowing.clear()
+
     def heal(self) -> None:
         self.refusing = False
+        self._flowing.set()
 
     async def close(self) -> None:
         self.refusing = True
@@ -99,6 +120,7 @@ class TCPProxy:
             self._server.close()
         for writer in list(self._writers):
             _abort(writer)
+        self._flowing.set()  # held connections see theirs closed and end
         for task in list(self._tasks):
             task.cancel()
         if self._server is not None:

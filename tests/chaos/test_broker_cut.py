@@ -63,3 +63,29 @@ async def test_broker_cut_twice_in_quick_succession(make_settings, start_ingress
         queues = await queue_report(amqp_url, settings)
     assert figures.lost == 0, queues
     assert figures.duplicated == 0
+
+
+async def test_broker_black_hole_during_a_stream(make_settings, start_ingress, fake_api,
+                                                 amqp_proxy, amqp_url, redis_url, redis_client
+                                                 ) -> None:
+    """No reset, no answer for 4 s (shorter than the heartbeat): publishes get no confirm, so
+    the ingress answers 503 and the sender re-posts; what was held back arrives late."""
+    proxy, proxied_url = amqp_proxy
+    settings = make_settings(amqp_url=proxied_url, redis_url=redis_url, publish_timeout=1.0)
+    ingress = await start_ingress(settings)
+    stream = Stream(f"{ingress.url}/callback", 300, interval=0.01)
+
+    async def fault() -> None:
+        await asyncio.sleep(1.0)
+        proxy.stall()
+        await asyncio.sleep(4.0)
+        proxy.heal()
+
+    async with Worker(settings, bot) as worker:
+        figures = await run_with_fault("rabbitmq: black hole for 4s", stream, fake_api.fake,
+                                       fault, note="confirms time out: 503, re-posted")
+        await asyncio.wait_for(worker.until_idle(), 30)
+        queues = await queue_report(amqp_url, settings)
+    assert stream.retries > 0
+    assert figures.lost == 0, queues
+    assert figures.duplicated == 0

@@ -56,6 +56,33 @@ async def test_redis_unreachable_during_a_stream(make_settings, start_ingress, f
     assert any("dedup store unavailable" in r.getMessage() for r in caplog.records)
 
 
+async def test_redis_black_hole_during_a_stream(make_settings, start_ingress, fake_api,
+                                                redis_proxy, redis_client, amqp_url) -> None:
+    """No reset, no answer: every Redis call waits for its socket timeout (2 s), and what was
+    held back is delivered late when the network returns."""
+    proxy, proxied_url = redis_proxy
+    settings = make_settings(redis_url=proxied_url)
+    ingress = await start_ingress(settings)
+    stream = Stream(f"{ingress.url}/callback", 200, interval=0.015)
+
+    async def fault() -> None:
+        await asyncio.sleep(1.0)
+        proxy.stall()
+        await asyncio.sleep(4.0)
+        proxy.heal()
+
+    async with Worker(settings, echo_bot) as worker:
+        figures = await run_with_fault("redis: black hole for 4s", stream, fake_api.fake, fault,
+                                       note="no answers, no resets")
+        await asyncio.wait_for(worker.until_idle(), 30)
+        delayed = dedup_unavailable(worker)
+        queues = await queue_report(amqp_url, settings)
+    figures.note += f"; {delayed:g} deliveries delayed"
+    assert figures.lost == 0, queues
+    assert figures.duplicated == 0
+    assert delayed > 0
+
+
 async def test_reply_sent_just_before_redis_vanishes_is_not_sent_again(
         make_settings, start_ingress, fake_api, redis_proxy, redis_client) -> None:
     """The worst moment: the reply is accepted, then recording it fails. A later attempt must
