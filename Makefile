@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test lint typecheck unit bench bench-smoke run clean
+.PHONY: install test lint typecheck unit chaos bench bench-smoke run clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -20,6 +20,12 @@ typecheck: install
 
 unit: install
 	$(BIN)/pytest -q -m "not integration and not chaos"
+
+# Hostile input and infrastructure faults (needs RabbitMQ and Redis); prints a figures table.
+chaos: install
+	$(BIN)/pytest -q tests/chaos tests/ingress/test_fuzz_payloads.py \
+		tests/ingress/test_fuzz_ingress.py tests/ingress/test_auth_hostile.py \
+		tests/worker/test_poison.py
 
 # Lint, types, then every test (unit, integration, chaos) against the local RabbitMQ and Redis.
 test: install
