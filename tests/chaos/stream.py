@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -38,6 +39,7 @@ class Stream:
             for i in range(count)
         ]
         self.statuses: list[int] = [0] * count
+        self.seen: Counter[int] = Counter()  # every answer, re-posts included (-1: no answer)
         self.retries = 0  # posts answered 503 or refused, then re-posted
 
     async def run(self) -> None:
@@ -53,10 +55,12 @@ class Stream:
                                     "Content-Type": "application/json"}) as resp:
                                 await resp.read()
                                 self.statuses[i] = resp.status
+                                self.seen[resp.status] += 1
                                 if resp.status != 503:
                                     return
                         except (aiohttp.ClientError, TimeoutError):
                             self.statuses[i] = -1
+                            self.seen[-1] += 1
                         self.retries += 1
                         if time.monotonic() > stop_at:
                             return
@@ -96,6 +100,8 @@ async def run_with_fault(name: str, stream: Stream, fake: FakeCometChat,
                                      if r.body["data"].get("text") in ours])
     figures.extra["reposts"] = stream.retries
     record(figures)
+    # The ingress answers 200, or 503 while it cannot get a confirm: never another 5xx.
+    assert all(s < 500 or s == 503 for s in stream.seen), stream.seen
     print(f"{name}: sent {figures.sent}, accepted {figures.accepted}, answered "
           f"{figures.answered}, duplicated {figures.duplicated}, lost {figures.lost}, "
           f"re-posts {stream.retries}")
