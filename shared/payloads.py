@@ -52,6 +52,10 @@ _ACTION_TRIGGERS = frozenset({"message_edited", "message_deleted"})
 RECEIVER_TYPES = frozenset({"user", "group"})
 # The dedup key travels as the AMQP message-id, a short string of at most 255 bytes.
 MAX_KEY_BYTES = 255
+# The conversation id travels as a message header. All headers must fit in one AMQP frame
+# (128 KB): a larger one makes the broker close the publisher's connection. CometChat's own ids
+# are a few hundred bytes at most.
+MAX_CONVERSATION_BYTES = 1024
 _MENTION = re.compile(r"<@uid:([^>\s]+)>")
 
 
@@ -259,7 +263,7 @@ def parse_callback(doc: Any) -> Callback:
         if trigger in HANDLED_TRIGGERS:
             from shared.events import parse_event  # events build on this module's model
 
-            return parse_event(doc, data, trigger, app_id, bot, webhook)
+            return _bounded(parse_event(doc, data, trigger, app_id, bot, webhook))
         event_id = data.get("id") if isinstance(data.get("id"), str) else "-"
         return Callback(trigger, app_id, source, f"{app_id}:{source}:{trigger}:{event_id}",
                         "", None, ignore_reason=f"unhandled trigger '{trigger}'")
@@ -277,7 +281,7 @@ def parse_callback(doc: Any) -> Callback:
     if len(key.encode()) > MAX_KEY_BYTES:
         raise PayloadError("invalid callback", "'appId', 'bot' (or 'webhook') and the message "
                            f"'id' together must stay within {MAX_KEY_BYTES - 3} bytes")
-    return Callback(
+    return _bounded(Callback(
         trigger=trigger,
         app_id=app_id,
         source=source,
@@ -285,7 +289,14 @@ def parse_callback(doc: Any) -> Callback:
         conversation_id=message.conversation_id,
         message=message,
         ignore_reason=ignore,
-    )
+    ))
+
+
+def _bounded(callback: Callback) -> Callback:
+    if len(callback.conversation_id.encode()) > MAX_CONVERSATION_BYTES:
+        raise PayloadError("invalid callback", "the conversation id (or the sender and receiver "
+                           f"it is made of) is over {MAX_CONVERSATION_BYTES} bytes")
+    return callback
 
 
 def parse_body(body: bytes) -> Callback:

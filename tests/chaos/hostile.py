@@ -38,7 +38,8 @@ def fuzz(max_examples: int | None = None) -> settings:
     return settings(PROFILE, max_examples=min(max_examples, PROFILE.max_examples))
 
 
-BASES = ("bot_user_text", "bot_group_text", "webhook_message_sent", "bot_user_custom")
+BASES = ("bot_user_text", "bot_group_text", "webhook_message_sent", "bot_user_custom",
+         "webhook_reaction_added", "webhook_group_member_joined", "webhook_message_edited")
 
 scalars = (
     st.none()

@@ -20,6 +20,8 @@ from tests.helpers import fixture, text_callback
 
 # AMQP's message-id is a short string: at most 255 bytes.
 MAX_MESSAGE_ID = 255
+# Headers must fit in one AMQP frame (128 KB); the conversation id is the only unbounded one.
+MAX_HEADER = 1024
 
 
 def check(callback: Callback) -> None:
@@ -28,6 +30,7 @@ def check(callback: Callback) -> None:
     assert len(callback.dedup_key.encode()) <= MAX_MESSAGE_ID
     assert callback.dedup_key.startswith(f"{callback.app_id}:{callback.source}:")
     assert isinstance(callback.conversation_id, str)
+    assert len(callback.conversation_id.encode()) <= MAX_HEADER
     msg = callback.message
     if msg is None:
         assert callback.trigger not in MESSAGE_TRIGGERS
@@ -104,6 +107,17 @@ def test_huge_ids_are_rejected_not_published(field: str, size: int) -> None:
 def test_long_or_unicode_app_and_bot_ids(app_id: str, bot: str) -> None:
     doc = text_callback("1", "hi", bot=bot, app_id=app_id)
     parse_or_reject(dumps(doc))
+
+
+@fuzz()
+@given(field=st.sampled_from(["conversationId", "sender", "receiver"]),
+       size=st.integers(1, 200_000), group=st.booleans())
+def test_huge_conversation_ids_are_rejected(field: str, size: int, group: bool) -> None:
+    doc = text_callback("1", "hi", group="g" if group else None)
+    doc["data"][field] = "c" * size
+    callback = parse_or_reject(dumps(doc))
+    if field == "conversationId" and size > MAX_HEADER:
+        assert callback is None
 
 
 def test_huge_text_is_accepted() -> None:
