@@ -70,13 +70,13 @@ def _load(url: str, duration: float, auth: str | None, cpu: int, logdir: Path
             "p90_ms": doc["p90_ms"], "p99_ms": doc["p99_ms"], "max_ms": doc["max_ms"]}
 
 
-async def run(contender: str, duration: float, logdir: Path, warmup: float = 1.0
-              ) -> dict[str, Any]:
+async def run(contender: str, duration: float, logdir: Path, warmup: float = 1.0,
+              ordering: str = "conversation") -> dict[str, Any]:
     """``contender``: ``baseline`` (1) or ``botrelay``."""
     prefix = new_prefix(f"ingress-{contender}")
     port = free_port()
     server_cpu, load_cpu = core(0), core(1)
-    settings = bench_settings(prefix, "conversation")
+    settings = bench_settings(prefix, ordering)
     queue = f"{prefix}.q"
     auth: str | None = None
     if contender == "baseline":
@@ -87,7 +87,7 @@ async def run(contender: str, duration: float, logdir: Path, warmup: float = 1.0
     else:
         auth = _auth()
         env = {"BOTRELAY_AMQP_URL": AMQP_URL, "BOTRELAY_PREFIX": prefix,
-               "BOTRELAY_ORDERING": "conversation", "BOTRELAY_PORT": str(port),
+               "BOTRELAY_ORDERING": ordering, "BOTRELAY_PORT": str(port),
                "BOTRELAY_HOST": "127.0.0.1", "BOTRELAY_CALLBACK_USERNAME": USERNAME,
                "BOTRELAY_CALLBACK_PASSWORD": PASSWORD}
         child = spawn("ingress-botrelay", python("-m", "ingress"), env, server_cpu, logdir)
@@ -104,7 +104,8 @@ async def run(contender: str, duration: float, logdir: Path, warmup: float = 1.0
     finally:
         child.stop()
         await cleanup(prefix, queues=[queue], settings=settings)
-    return {"scenario": "ingress", "contender": _name(contender), **figures,
+    name = _name(contender) + (", ordering=none" if ordering == "none" else "")
+    return {"scenario": "ingress", "contender": name, **figures,
             "cores": {"server": server_cpu, figures["tool"]: load_cpu,
                       "rabbitmq": "unpinned"}}
 

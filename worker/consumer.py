@@ -186,7 +186,11 @@ class Consumer:
                 await delivery.ack()
                 outcome = result.name
             fields["outcome"] = outcome
-            log.info("settled", extra=fields)
+            # A line per answered message would cost more than the rest of its path; a message
+            # that has to wait (delayed, parked) stays at info.
+            level = logging.INFO if outcome in ("delayed", "parked") else logging.DEBUG
+            if log.isEnabledFor(level):
+                log.log(level, "settled", extra=fields)
             if result.text is not None and log.isEnabledFor(logging.DEBUG):
                 log.debug("message text", extra={**fields, "text": result.text})
         except PUBLISH_ERRORS as exc:
@@ -309,8 +313,13 @@ class Consumer:
         ctx.delivering = True
         task = asyncio.ensure_future(self._deliver(url, bodies, key, claim, ctx.pen))
         self._delivering.add(task)
-        task.add_done_callback(self._delivering.discard)
+        task.add_done_callback(self._delivered)
         return await asyncio.shield(task)
+
+    def _delivered(self, task: asyncio.Task[int]) -> None:
+        self._delivering.discard(task)
+        if not task.cancelled():
+            task.exception()  # also retrieved when nobody awaits it any more (cancelled caller)
 
     async def _deliver(self, url: str, bodies: list[dict[str, Any]], key: str, claim: Claim,
                        pen: str | None) -> int:
