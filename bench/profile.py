@@ -1,6 +1,7 @@
-"""``python -m bench --profile``: py-spy samples botrelay's ingress under wrk load and a worker
-(Redis dedup) draining a preloaded queue, and prints the top costs: by function (own time) and
-by package (own time of the frames in it). Raw stacks go to ``bench/results/``."""
+"""``python -m bench --profile [--only ingress,memory,redis]``: py-spy samples botrelay's ingress
+under wrk load and a worker (memory, then Redis dedup) draining a preloaded queue, and prints
+the top costs: by function (own time) and by package (own time of the frames in it). Raw
+stacks go to ``bench/results/``."""
 
 from __future__ import annotations
 
@@ -108,14 +109,15 @@ async def profile_ingress(logdir: Path) -> Path:
     return out
 
 
-async def profile_worker(logdir: Path, count: int) -> Path:
-    prefix = new_prefix("profile-worker")
+async def profile_worker(logdir: Path, count: int, *, redis: bool) -> Path:
+    dedup = "redis" if redis else "memory"
+    prefix = new_prefix(f"profile-worker-{dedup}")
     settings = bench_settings(prefix, "none")
-    out = RESULTS / f"profile-worker-{time.strftime('%Y%m%d-%H%M%S')}.txt"
+    out = RESULTS / f"profile-worker-{dedup}-{time.strftime('%Y%m%d-%H%M%S')}.txt"
     async with RunningFake() as fake:
         try:
             await worker_bench.preload_botrelay(settings, count, 2000)
-            env = botrelay_env(prefix, fake, redis=True, ordering="none")
+            env = botrelay_env(prefix, fake, redis=redis, ordering="none")
             child = spawn("profile-worker", python("-m", "worker"), env, core(0), logdir)
             try:
                 await wait_log(child, "consuming")
@@ -133,8 +135,14 @@ async def main(args: argparse.Namespace) -> int:
         return 1
     RESULTS.mkdir(parents=True, exist_ok=True)
     logdir = RESULTS / f"logs-profile-{time.strftime('%Y%m%d-%H%M%S')}"
-    results: list[Any] = [await profile_ingress(logdir),
-                          await profile_worker(logdir, max(args.count, 30000))]
+    count = max(args.count, 30000)
+    only = set(args.only.split(",")) if args.only else {"ingress", "memory", "redis"}
+    results: list[Any] = []
+    if "ingress" in only:
+        results.append(await profile_ingress(logdir))
+    for dedup in ("memory", "redis"):
+        if dedup in only:
+            results.append(await profile_worker(logdir, count, redis=dedup == "redis"))
     for path in results:
         print(summarise(path))
         print()

@@ -31,6 +31,7 @@ import redis.exceptions
 
 from shared.errors import DedupUnavailable
 from shared.settings import Settings
+from worker.redis_batch import ScriptBatcher
 
 log = logging.getLogger("botrelay.dedup")
 
@@ -196,8 +197,10 @@ class RedisDedup:
         self.lease_ms = int(lease * 1000)
         self.ttl_ms = int(ttl * 1000)
         self.pen_ttl_ms = int(pen_ttl * 1000)
-        self._claim = client.register_script(_CLAIM)
-        self._done = client.register_script(_DONE)
+        # Claims and done marks, the two calls every delivery makes, share pipelines.
+        self._batch = ScriptBatcher(client)
+        self._claim = self._batch.script(_CLAIM)
+        self._done = self._batch.script(_DONE)
         self._release = client.register_script(_RELEASE)
         self._hold = client.register_script(_HOLD)
 
@@ -266,6 +269,7 @@ class RedisDedup:
             raise DedupUnavailable(f"dedup store unreachable: {type(exc).__name__}") from exc
 
     async def close(self) -> None:
+        await self._batch.close()
         await self.client.aclose()
 
 

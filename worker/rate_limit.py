@@ -28,6 +28,7 @@ import redis.exceptions
 from shared.errors import Retry
 from shared.metrics import WorkerMetrics
 from shared.settings import Settings
+from worker.redis_batch import ScriptBatcher
 
 log = logging.getLogger("botrelay.ratelimit")
 
@@ -234,7 +235,8 @@ class RedisRateLimiter(RateLimiter):
         super().__init__(limits, metrics)
         self.client = client
         self.prefix = prefix
-        self._acquire = client.register_script(_ACQUIRE)
+        self._batch = ScriptBatcher(client)  # one reservation per reply: pipelined
+        self._acquire = self._batch.script(_ACQUIRE)
         self._slow = client.register_script(_SLOW_DOWN)
         self._warned = False
 
@@ -284,6 +286,7 @@ class RedisRateLimiter(RateLimiter):
 
     async def close(self) -> None:
         await super().close()
+        await self._batch.close()
         await self.client.aclose()
 
 

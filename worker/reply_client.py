@@ -20,7 +20,6 @@ from tenacity import (
     AsyncRetrying,
     RetryCallState,
     retry_if_exception_type,
-    stop_before_delay,
     wait_exponential_jitter,
 )
 
@@ -104,6 +103,17 @@ class _Wait:
         return float(self.backoff(state))
 
 
+class _BudgetSpent:
+    """Stop when the next wait would end past the budget, counted from the first attempt (as
+    ``stop_before_delay`` does from the start of the retry loop)."""
+
+    def __init__(self, started: float, budget: float) -> None:
+        self.started, self.budget = started, budget
+
+    def __call__(self, state: RetryCallState) -> bool:
+        return time.monotonic() - self.started + (state.upcoming_sleep or 0.0) >= self.budget
+
+
 class ReplyClient:
     def __init__(self, settings: Settings, metrics: WorkerMetrics | None = None,
                  session: aiohttp.ClientSession | None = None,
@@ -133,23 +143,36 @@ class ReplyClient:
     async def send(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST one reply, retrying within the budget; the API's ``data`` on success."""
         payload = orjson.dumps(body)
+        receiver = str(body.get("receiver"))
+        started = time.monotonic()
+        # Most replies succeed at once: the retry machinery is set up only after a failure.
+        try:
+            return await self._attempt(url, payload, receiver)
+        except RETRYABLE as exc:
+            first: BaseException | None = exc
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(RETRYABLE),
-            stop=stop_before_delay(self.settings.reply_budget),
+            stop=_BudgetSpent(started, self.settings.reply_budget),
             wait=self._wait,
             reraise=True,
         )
         try:
             async for attempt in retrying:
                 with attempt:
-                    if self.limiter is not None:
-                        await self.limiter.acquire(_app_of(url), str(body.get("receiver")))
-                    return await self._post(url, payload)
+                    if first is not None:  # the attempt made above: tenacity decides what next
+                        failed, first = first, None
+                        raise failed
+                    return await self._attempt(url, payload, receiver)
         except RETRYABLE as exc:
             if isinstance(exc, TransientError):
                 raise
             raise TransientError(f"reply API unreachable: {type(exc).__name__} {exc}") from exc
         raise AssertionError("unreachable: tenacity either returns or raises")
+
+    async def _attempt(self, url: str, payload: bytes, receiver: str) -> dict[str, Any]:
+        if self.limiter is not None:
+            await self.limiter.acquire(_app_of(url), receiver)
+        return await self._post(url, payload)
 
     async def _post(self, url: str, payload: bytes) -> dict[str, Any]:
         started = time.perf_counter()
