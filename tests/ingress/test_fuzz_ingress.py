@@ -9,10 +9,12 @@ clients are cut off while others are served; memory stays flat.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import socket
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -188,6 +190,20 @@ def test_oversized_body_with_content_length(live: LiveIngress) -> None:
         answer = well_formed(live.post(b"{" + b" " * (size - 2) + b"}"))
         assert answer.status == 413
     assert live.published() == before
+
+
+def test_compression_bomb(live: LiveIngress) -> None:
+    # 200 KB of gzip that inflates to 200 MB: refused once the inflated body passes the limit.
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    bomb = packer.compress(b"[" + b" " * (200 * 1024 * 1024)) + packer.flush()
+    assert len(bomb) < MAX_BODY
+    before = live.rss_kib()
+    answer = well_formed(live.post(bomb, headers={"Content-Encoding": "gzip"}))
+    assert answer.status == 413
+    assert live.rss_kib() - before < 32 * 1024
+    small = gzip.compress(dumps(text_callback(f"gz-{uuid.uuid4().hex[:8]}", "hi")))
+    answer = well_formed(live.post(small, headers={"Content-Encoding": "gzip"}))
+    assert answer.status == 200  # inflated, then handled (and published) like any callback
 
 
 def _chunked(body: bytes, chunk: int = 8192) -> bytes:
