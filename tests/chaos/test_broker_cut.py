@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
+import aiohttp
 import pytest
 
 from examples.echo_bot import bot
@@ -13,6 +14,11 @@ from tests.chaos.stream import Stream, queue_report, run_with_fault
 from worker.service import Worker
 
 pytestmark = pytest.mark.chaos
+
+
+async def readyz(base: str) -> int:
+    async with aiohttp.ClientSession() as session, session.get(f"{base}/readyz") as resp:
+        return resp.status
 
 
 async def test_broker_connections_cut_during_a_stream(make_settings, start_ingress, fake_api,
@@ -23,18 +29,24 @@ async def test_broker_connections_cut_during_a_stream(make_settings, start_ingre
     ingress = await start_ingress(settings)
     stream = Stream(f"{ingress.url}/callback", 400, interval=0.01)
 
+    ready: list[int] = []
+
     async def fault() -> None:
         await asyncio.sleep(1.5)
         cut = await proxy.cut()
         print(f"cut {cut} broker connections; refusing for 3s")
-        await asyncio.sleep(3.0)
+        await asyncio.sleep(1.0)
+        ready.append(await readyz(ingress.url))
+        await asyncio.sleep(2.0)
         proxy.heal()
 
     async with Worker(settings, bot) as worker:
         figures = await run_with_fault("rabbitmq: all connections cut, 3s refused", stream,
                                        fake_api.fake, fault, note="ingress+worker via proxy")
         await asyncio.wait_for(worker.until_idle(), 30)
+        ready.append(await readyz(ingress.url))
         queues = await queue_report(amqp_url, settings)
+    assert ready == [503, 200], "readiness must follow the broker connection"
     assert stream.retries > 0, "the fault did not hit the stream"
     assert figures.accepted == figures.sent
     assert figures.lost == 0, queues
