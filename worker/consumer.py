@@ -304,7 +304,8 @@ class Consumer:
             ) from None
         finally:
             self.metrics.handler_seconds.observe(time.perf_counter() - started)
-        url = self.replies.url(msg.app_id, msg.region, self.bot.sender_uid(msg))
+        # Only a bot that replies needs to know who it is (webhook events do not name the bot).
+        url = self.replies.url(msg.app_id, msg.region, self.bot.sender_uid(msg)) if replies else ""
         # Build every body first: an invalid reply fails the message before anything is sent.
         bodies = [reply.body(msg, muid(key, i)) for i, reply in enumerate(replies)]
         # From here a reply may go out: sending and recording run to the end even if this task
