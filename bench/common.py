@@ -86,13 +86,13 @@ def stamped_text(i: int) -> str:
     return f"t{time.time_ns()} #{i}"
 
 
-def latency_of(reply_text: str, accepted_at: float) -> float | None:
-    """Seconds from the stamp in ``echo: t<ns> #i`` to when the fake accepted the reply."""
+def latency_of(reply_text: str, accepted_at: float) -> tuple[int, float] | None:
+    """(i, seconds from the stamp in ``echo: t<ns> #i`` to when the fake accepted the reply)."""
     _, _, rest = reply_text.partition(" t")
-    stamp = rest.split(" ", 1)[0]
-    if not stamp.isdigit():
+    stamp, _, number = rest.partition(" #")
+    if not stamp.isdigit() or not number.isdigit():
         return None
-    return accepted_at - int(stamp) / 1e9
+    return int(number), accepted_at - int(stamp) / 1e9
 
 
 # --- figures -----------------------------------------------------------------------------------
@@ -113,13 +113,26 @@ def drain_rate(fake: FakeCometChat, skip: int = 0) -> tuple[int, float]:
     return len(fake.replies), (len(ats) - 1) / (ats[-1] - ats[0])
 
 
-def e2e_latencies(fake: FakeCometChat) -> list[float]:
+def e2e_latencies(fake: FakeCometChat, warmup: int = 0) -> list[tuple[float, float]]:
+    """(accepted at, latency) of every reply that carries a send stamp, but the first
+    ``warmup`` callbacks'."""
     out = []
     for r in fake.replies:
         value = latency_of(str((r.body.get("data") or {}).get("text", "")), r.at)
-        if value is not None:
-            out.append(value)
+        if value is not None and value[0] >= warmup:
+            out.append((r.at, value[1]))
     return out
+
+
+def by_second(samples: list[tuple[float, float]]) -> list[tuple[int, int, float]]:
+    """(second of the run, replies, p99 ms) for each second: shows transients and stalls."""
+    if not samples:
+        return []
+    t0 = min(at for at, _ in samples)
+    buckets: dict[int, list[float]] = {}
+    for at, value in samples:
+        buckets.setdefault(int(at - t0), []).append(value)
+    return [(sec, len(v), round(percentile(v, 99) * 1000, 1)) for sec, v in sorted(buckets.items())]
 
 
 async def wait_replies(fake: FakeCometChat, count: int, timeout: float,
@@ -151,6 +164,14 @@ class Child:
         with contextlib.suppress(OSError):
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
         return ""
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the child used so far (Linux)."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return float("nan")
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self, timeout: float = 15.0) -> None:
         if self.proc.poll() is None:

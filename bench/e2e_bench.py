@@ -18,6 +18,7 @@ from bench.common import (
     Child,
     bench_settings,
     botrelay_env,
+    by_second,
     cleanup,
     connect,
     core,
@@ -53,7 +54,7 @@ async def run(rate: float, duration: float, *, workers: int, logdir: Path,
     prefix = new_prefix(f"e2e-{int(rate)}")
     settings = bench_settings(prefix, ordering)
     port = free_port()
-    count = int(rate * duration)
+    count = int(rate * (duration + 1))  # one second of warm-up first
     children: list[Child] = []
     async with RunningFake() as fake:
         env = botrelay_env(prefix, fake, redis=True, ordering=ordering, BOTRELAY_PORT=str(port))
@@ -69,10 +70,10 @@ async def run(rate: float, duration: float, *, workers: int, logdir: Path,
                 await wait_log(worker, "consuming")
             if ordering == "conversation" and workers > 1:
                 await asyncio.sleep(3.0)  # let the partitions settle over the workers
-            samples: list[tuple[float, int]] = []
+            depth_log: list[tuple[float, int]] = []
             stop = asyncio.Event()
             sampler = asyncio.create_task(
-                _sample_depth(topology.inbound_queues(settings), samples, stop))
+                _sample_depth(topology.inbound_queues(settings), depth_log, stop))
             argv = python("-m", "bench.loadgen", "--url", f"http://127.0.0.1:{port}/callback",
                           "--rate", str(rate), "--count", str(count),
                           "--duration", str(duration + 5), "--concurrency", "512")
@@ -92,8 +93,11 @@ async def run(rate: float, duration: float, *, workers: int, logdir: Path,
             for child in children:
                 child.stop()
             await cleanup(prefix, settings=settings)
-        latencies = e2e_latencies(fake.fake)
-    depths = [d for _, d in samples]
+        # The first second warms up connections and caches: left out of the figures.
+        warmup = int(rate) if duration > 2 else 0
+        samples = e2e_latencies(fake.fake, warmup)
+    latencies = [value for _, value in samples]
+    depths = [d for _, d in depth_log]
     half = len(depths) // 2
     return {
         "scenario": f"e2e {int(rate)}/s",
@@ -101,12 +105,15 @@ async def run(rate: float, duration: float, *, workers: int, logdir: Path,
                      f"ordering={ordering}",
         "offered_rate": rate,
         "sent_rate": sent["rate"],
-        "throughput": len(latencies) / sent["elapsed_s"] if sent["elapsed_s"] else 0.0,
-        "sent": sent["sent"], "accepted": sent["ok"], "replies": len(latencies),
+        "throughput": len(fake.fake.replies) / sent["elapsed_s"] if sent["elapsed_s"] else 0.0,
+        "sent": sent["sent"], "accepted": sent["ok"], "replies": len(fake.fake.replies),
+        "warmup_callbacks": warmup,
         "p50_ms": percentile(latencies, 50) * 1000,
         "p99_ms": percentile(latencies, 99) * 1000,
         "max_ms": max(latencies, default=float("nan")) * 1000,
         "ingress_p99_ms": sent["p99_ms"],
+        "by_second": by_second(samples),
+        "depths": [(round(t, 2), d) for t, d in depth_log],
         "queue_depth_max": max(depths, default=0),
         "queue_depth_first_half_max": max(depths[:half], default=0),
         "queue_depth_second_half_max": max(depths[half:], default=0),

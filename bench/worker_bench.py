@@ -122,7 +122,9 @@ async def run(contender: str, *, count: int, timeout: float, logdir: Path, worke
             children = _workers(contender, workers, prefix, queue, fake, ordering, logdir)
             for child in children:
                 await wait_log(child, "consuming", timeout=30)
+            idle_cpu = sum(c.cpu_seconds() for c in children)  # start-up, before any reply
             await wait_replies(fake.fake, count, timeout)
+            cpu = sum(c.cpu_seconds() for c in children) - idle_cpu
             for child in children:
                 if not child.alive():
                     raise RuntimeError(f"{child.name} died:\n{child.tail()}")
@@ -138,5 +140,6 @@ async def run(contender: str, *, count: int, timeout: float, logdir: Path, worke
         label += ", ordering=conversation"
     return {"scenario": scenario, "contender": label, "throughput": rate, "replies": replies,
             "preloaded": count, "complete": replies >= count,
+            "worker_cpu_us_per_msg": cpu / max(1, replies) * 1e6,
             "cores": {**{c.name: c.cpu for c in children}, "fake API + driver": core(1),
                       "rabbitmq, redis": "unpinned"}}

@@ -78,6 +78,8 @@ async def _read_body(request: web.Request, state: IngressState) -> bytes | web.R
     """The whole body, or the answer for a body too large, too slow or cut short."""
     settings = state.settings
     try:
+        if request.content.is_eof():  # the whole body came with the headers: nothing to time
+            return await request.read()
         async with asyncio.timeout(settings.body_timeout):
             return await request.read()
     except web.HTTPRequestEntityTooLarge:
@@ -141,5 +143,5 @@ async def _answer(request: web.Request, state: IngressState) -> web.Response:
         reason = "queue_full" if isinstance(exc, DeliveryError) else "refused"
         return _unavailable(state, reason,
                             f"the message broker refused the message ({type(exc).__name__})")
-    state.metrics.callbacks.labels("queued", "").inc()
+    state.metrics.queued.inc()
     return _json(200, {"status": "queued", "id": callback.dedup_key})

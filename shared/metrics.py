@@ -23,6 +23,7 @@ class IngressMetrics:
             ["outcome", "reason"],
             registry=self.registry,
         )
+        self.queued = self.callbacks.labels("queued", "")  # the hot path's child, looked up once
         self.request_seconds = Histogram(
             "botrelay_ingress_request_seconds",
             "Time to answer POST /callback, publish confirm included.",

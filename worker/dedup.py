@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import enum
 import logging
+import secrets
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -104,7 +104,7 @@ class MemoryDedup:
                 return Claim(Status.PARKED, delay=delay)
         if value is not None:
             return Claim(Status.BUSY)
-        token = uuid.uuid4().hex
+        token = secrets.token_hex(16)
         self._keys[key] = (token, now + self.lease)
         return Claim(Status.CLAIMED, token, self._sent.get(key, 0))
 
@@ -224,7 +224,7 @@ class RedisDedup:
         return [f"{self.prefix}:pen:{pen}", f"{self.prefix}:pendelay:{pen}"]
 
     async def claim(self, key: str, pen: str | None = None) -> Claim:
-        token = uuid.uuid4().hex
+        token = secrets.token_hex(16)
         keys = self.keys(key) + (self.pen_keys(pen) if pen is not None else [])
         try:
             status, n = await self._claim(
