@@ -41,9 +41,13 @@ def plan(args: argparse.Namespace, logdir: Path) -> tuple[list[Step], list[str]]
         return only is None or name in only
 
     if want("ingress"):
-        for who in ("baseline", "botrelay"):
-            steps.append((f"ingress {who}", lambda who=who: ingress_bench.run(
-                who, duration, logdir, warmup=0.0 if smoke else 2.0)))
+        # botrelay twice: on one quorum queue like the baseline (ordering=none), and on the 16
+        # partition queues of the default ordering=conversation.
+        for who, ordering in (("baseline", "none"), ("botrelay", "none"),
+                              ("botrelay", "conversation")):
+            steps.append((f"ingress {who} {ordering}", lambda who=who, ordering=ordering:
+                          ingress_bench.run(who, duration, logdir, warmup=0.0 if smoke else 2.0,
+                                            ordering=ordering)))
     if want("drain"):
         contenders = ["baseline", "faststream", "memory", "redis"]
         if importlib.util.find_spec("faststream") is None:

@@ -104,7 +104,7 @@ async def run(contender: str, duration: float, logdir: Path, warmup: float = 1.0
     finally:
         child.stop()
         await cleanup(prefix, queues=[queue], settings=settings)
-    name = _name(contender) + (", ordering=none" if ordering == "none" else "")
+    name = _name(contender) + ("" if contender == "baseline" else f", ordering={ordering}")
     return {"scenario": "ingress", "contender": name, **figures,
             "cores": {"server": server_cpu, figures["tool"]: load_cpu,
                       "rabbitmq": "unpinned"}}
@@ -112,7 +112,7 @@ async def run(contender: str, duration: float, logdir: Path, warmup: float = 1.0
 
 def _name(contender: str) -> str:
     return "baseline (1) aiohttp+aio-pika" if contender == "baseline" else \
-        "botrelay ingress (auth, validation, metrics)"
+        "botrelay (auth, validation, metrics)"
 
 
 def _check(child: Child) -> None:

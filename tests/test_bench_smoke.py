@@ -26,8 +26,8 @@ def test_bench_smoke_prints_the_table_and_writes_json() -> None:
     assert "scenario" in text and "contender" in text
     for scenario in ("ingress", "drain", "scaling", "ordering", "e2e 500/s", "e2e 2000/s"):
         assert f"\n{scenario} " in text, scenario
-    for goal in ("ingress vs baseline (1)", "drain, memory dedup vs baseline (2)",
-                 "ordering=conversation vs none"):
+    for goal in ("ingress vs baseline (1), one quorum queue each",
+                 "drain, memory dedup vs baseline (2)", "ordering=conversation vs none"):
         assert goal in text
     path = Path(next(x for x in text.splitlines() if x.startswith("results: ")).split(" ", 1)[1])
     doc = orjson.loads(path.read_bytes())
