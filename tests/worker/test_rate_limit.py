@@ -96,7 +96,7 @@ async def test_redis_buckets_are_shared_between_workers(redis_url, prefix, redis
         assert max(waits) == pytest.approx(20 * 20, abs=30)
         await workers[0].slow_down("app", 1.0)
         wait = await workers[1]._reserve("app", "r")
-        assert wait >= 1000
+        assert wait >= 950  # the 1 s hold, less the milliseconds between the two calls
         assert await redis_client.exists(f"{prefix}:rl:app")
     finally:
         for w in workers:
