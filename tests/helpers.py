@@ -194,3 +194,18 @@ async def inbound_depth(settings: Settings) -> int:
             queue = await channel.declare_queue(name, passive=True)
             total += queue.declaration_result.message_count or 0
     return total
+
+
+def resends_around(fake: FakeCometChat, kill_time: float) -> int:
+    """How many replies were sent twice, after checking each was first accepted within moments
+    of ``kill_time``: the API took it and the worker died before the answer reached it (the one
+    duplicate no client can rule out; the resend carries the same muid). A resend of anything
+    accepted earlier would be a dedup bug."""
+    first_seen: dict[str, float] = {}
+    for reply in fake.replies:
+        first_seen.setdefault(reply.body["muid"], reply.at)
+    resent = [m for m, n in muid_counts(fake).items() if n > 1]
+    print(f"resent after the kill (API answer lost with the worker): {len(resent)}")
+    late = [m for m in resent if not kill_time - 1.0 <= first_seen[m] <= kill_time + 0.5]
+    assert late == [], f"replies sent twice that were not in flight at the kill: {late}"
+    return len(resent)
