@@ -97,9 +97,11 @@ async def run(contender: str, duration: float, logdir: Path, warmup: float = 1.0
         url = f"http://127.0.0.1:{port}/callback"
         if warmup:
             await asyncio.to_thread(_load, url, warmup, auth, load_cpu, logdir)
-        started = time.monotonic()
+        started, cpu = time.monotonic(), child.cpu_seconds()
         figures = await asyncio.to_thread(_load, url, duration, auth, load_cpu, logdir)
         figures["wall_s"] = time.monotonic() - started
+        figures["server_cpu_us_per_request"] = (child.cpu_seconds() - cpu) / max(
+            1, figures["requests"]) * 1e6
         _check(child)
     finally:
         child.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -156,8 +157,8 @@ def chart(path: Path, rows: list[dict[str, Any]]) -> bool:
                                         ("max_ms", "#c0504d"))):
         bottom.bar([i + (k - 1) * width for i in range(len(lat))],
                    [r.get(name) or 0.0 for r in lat], width, label=name[:-3], color=colour)
-    bottom.set_xticks(range(len(lat)), [f"{r['scenario']}\n{r['contender'][:34]}" for r in lat],
-                      fontsize=7)
+    bottom.set_xticks(range(len(lat)), [f"{r['scenario']}\n" + "\n".join(
+        textwrap.wrap(r["contender"], 24)) for r in lat], fontsize=7)
     bottom.set_ylabel("ms")
     bottom.set_yscale("log")
     bottom.set_title("Latency (ingress: HTTP answer; e2e: send to reply accepted)")
