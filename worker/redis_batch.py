@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 _NO_SCRIPT = redis.exceptions.NoScriptError
+_RETRY_ONCE = (redis.exceptions.ConnectionError, ConnectionError)
 
 # Commands per pipeline: a burst larger than this goes out as several pipelines.
 MAX_BATCH = 256
@@ -70,10 +71,38 @@ class ScriptBatcher:
             task.add_done_callback(self._flushes.discard)
 
     async def _run(self, calls: Sequence[_Call]) -> list[Any]:
-        pipe = self.client.pipeline(transaction=False)
-        for script, keys, args, _ in calls:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
-        return list(await pipe.execute(raise_on_error=False))
+        """One write of every ``EVALSHA``, then one reply each, on one pooled connection: the
+        client's own ``Pipeline`` adds a command stack, response callbacks and bookkeeping per
+        call that this hot path does not need. A pooled connection found dead is replaced and
+        the batch sent once more, as the client's retry would."""
+        commands = [("EVALSHA", script.sha, len(keys), *keys, *args)
+                    for script, keys, args, _ in calls]
+        for attempt in (1, 2):
+            try:
+                return await self._round_trip(commands)
+            except _RETRY_ONCE:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _round_trip(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        pool = self.client.connection_pool
+        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            await connection.send_packed_command(connection.pack_commands(commands))
+            results: list[Any] = []
+            for _ in commands:
+                try:
+                    results.append(await connection.read_response())
+                except redis.exceptions.ResponseError as exc:  # this call's error, not the batch's
+                    results.append(exc)
+            return results
+        except BaseException:
+            # Replies may be left unread on it: never hand this connection out again.
+            await connection.disconnect()
+            raise
+        finally:
+            await pool.release(connection)
 
     async def _execute(self, calls: list[_Call]) -> None:
         try:
