@@ -23,7 +23,7 @@ from typing import Any
 import uvloop
 
 from bench import e2e_bench, ingress_bench, report, worker_bench
-from bench.common import REDIS_URL, RESULTS, connect, core
+from bench.common import REDIS_URL, RESULTS, connect, core, no_gc_pauses
 
 Step = tuple[str, Callable[[], Awaitable[dict[str, Any]]]]
 
@@ -119,7 +119,8 @@ async def main(args: argparse.Namespace) -> int:
         for name, step in steps:
             started = time.monotonic()
             try:
-                row = await step()
+                with no_gc_pauses():
+                    row = await step()
             except Exception as exc:  # one broken scenario must not hide the others
                 failures.append(f"{name}: {type(exc).__name__}: {exc}")
                 print(f"[{r + 1}/{repeat}] {name}: FAILED {type(exc).__name__}: {exc}",

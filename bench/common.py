@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import shutil
 import signal
@@ -13,7 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -146,6 +147,19 @@ async def wait_replies(fake: FakeCometChat, count: int, timeout: float,
         elif time.monotonic() - seen_at > stall:
             return
         await asyncio.sleep(0.05)
+
+
+@contextlib.contextmanager
+def no_gc_pauses() -> Iterator[None]:
+    """The fake reply API keeps every reply it accepts in this process: without this, the
+    cyclic collector's full passes over them would stall it for tens of ms now and then and
+    show up as the pipeline's tail latency. Each run is bounded, so memory stays small."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 # --- processes ---------------------------------------------------------------------------------

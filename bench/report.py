@@ -14,7 +14,8 @@ import orjson
 
 NUMERIC = ("throughput", "p50_ms", "p90_ms", "p99_ms", "max_ms", "replies", "requests",
            "errors", "sent_rate", "queue_depth_max", "queue_depth_first_half_max",
-           "queue_depth_second_half_max", "accepted", "sent", "ingress_p99_ms")
+           "queue_depth_second_half_max", "accepted", "sent", "ingress_p99_ms",
+           "worker_cpu_us_per_msg", "server_cpu_us_per_request")
 
 
 def medians(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -31,8 +32,8 @@ def medians(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if values:
                 merged[name] = statistics.median(values)
         merged["runs"] = len(rows)
-        if len(rows) > 1:
-            merged["throughput_runs"] = [round(r.get("throughput", 0.0), 1) for r in rows]
+        merged["throughput_by_run"] = {r.get("run", i + 1): r.get("throughput", 0.0)
+                                       for i, r in enumerate(rows)}
         out.append(merged)
     return out
 
@@ -43,8 +44,14 @@ def _find(rows: list[dict[str, Any]], scenario: str, contender: str) -> dict[str
 
 
 def _ratio(a: dict[str, Any] | None, b: dict[str, Any] | None) -> float | None:
+    """The median over the suite's repeats of a's throughput / b's in the same repeat (the two
+    ran minutes apart, not hours), else the ratio of the medians."""
     if a is None or b is None or not b.get("throughput"):
         return None
+    mine, theirs = a.get("throughput_by_run") or {}, b.get("throughput_by_run") or {}
+    paired = [mine[k] / theirs[k] for k in mine if theirs.get(k)]
+    if paired:
+        return float(statistics.median(paired))
     return float(a["throughput"]) / float(b["throughput"])
 
 
@@ -114,15 +121,21 @@ def _ms(row: dict[str, Any], name: str) -> str:
     return f"{value:.1f}" if isinstance(value, int | float) and not math.isnan(value) else "-"
 
 
+def _cpu(row: dict[str, Any]) -> str:
+    """CPU time of the measured process per request (ingress) or per message (workers)."""
+    value = row.get("server_cpu_us_per_request", row.get("worker_cpu_us_per_msg"))
+    return f"{value:.0f}" if isinstance(value, int | float) and not math.isnan(value) else "-"
+
+
 def table(rows: list[dict[str, Any]], goal_rows: list[dict[str, Any]]) -> str:
     head = (f"{'scenario':<12} {'contender':<58} {'per s':>8} {'ratio':>6} {'p50 ms':>7} "
-            f"{'p99 ms':>7} {'max ms':>7} {'runs':>4}")
+            f"{'p99 ms':>7} {'max ms':>7} {'cpu us':>6} {'runs':>4}")
     lines = [head, "-" * len(head)]
     for row in rows:
         lines.append(f"{row['scenario']:<12} {row['contender']:<58} "
                      f"{row.get('throughput', 0.0):>8.0f} {reference(rows, row):>6} "
                      f"{_ms(row, 'p50_ms'):>7} {_ms(row, 'p99_ms'):>7} {_ms(row, 'max_ms'):>7} "
-                     f"{row.get('runs', 1):>4}")
+                     f"{_cpu(row):>6} {row.get('runs', 1):>4}")
     lines += ["", f"{'goal':<50} {'target':<12} {'measured':<34} met"]
     for g in goal_rows:
         met = {True: "yes", False: "NO", None: "-"}[g["met"]]
