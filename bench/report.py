@@ -144,7 +144,7 @@ def table(rows: list[dict[str, Any]], goal_rows: list[dict[str, Any]]) -> str:
 
 
 def write_json(path: Path, doc: dict[str, Any]) -> None:
-    path.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+    path.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
 
 
 def chart(path: Path, rows: list[dict[str, Any]]) -> bool:
