@@ -209,3 +209,30 @@ def resends_around(fake: FakeCometChat, kill_time: float) -> int:
     late = [m for m in resent if not kill_time - 1.0 <= first_seen[m] <= kill_time + 0.5]
     assert late == [], f"replies sent twice that were not in flight at the kill: {late}"
     return len(resent)
+
+
+class WorkerGroup:
+    """Worker processes started together, each logging to its own file in ``log_dir``, and all
+    stopped with SIGTERM when the ``with`` block ends, however it ends."""
+
+    def __init__(self, settings: Settings, count: int, log_dir: Path) -> None:
+        self.settings = settings
+        self.log_dir = log_dir
+        self.workers: list[WorkerProcess] = []
+        for _ in range(count):
+            self.add()
+
+    def add(self) -> WorkerProcess:
+        worker = WorkerProcess(self.settings, log_path=self.log_dir / f"w{len(self.workers)}.log")
+        self.workers.append(worker)
+        return worker
+
+    def __getitem__(self, index: int) -> WorkerProcess:
+        return self.workers[index]
+
+    def __enter__(self) -> WorkerGroup:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for worker in self.workers:
+            worker.terminate(timeout=15)

@@ -15,7 +15,7 @@ import pytest
 from examples.echo_bot import bot
 from shared.fake_cometchat import RunningFake
 from tests.helpers import (
-    WorkerProcess,
+    WorkerGroup,
     generated,
     post_all,
     reply_counts,
@@ -44,17 +44,11 @@ def redis_settings(make_settings, redis_url, redis_client):
     return build
 
 
-def _stop_all(workers: list[WorkerProcess]) -> None:
-    for worker in workers:
-        worker.terminate(timeout=15)
-
-
 async def test_duplicates_posted_across_three_workers_get_one_reply_each(
         redis_settings, start_ingress, fake_api: RunningFake, tmp_path):
     settings = redis_settings()
     ingress = await start_ingress(settings)
-    workers = [WorkerProcess(settings, log_path=tmp_path / f"w{i}.log") for i in range(3)]
-    try:
+    with WorkerGroup(settings, 3, tmp_path):
         once = text_callback("555", "same callback")
         docs = generated(200, start=20_000)
         posts = [once, once, once, *docs, *docs]
@@ -64,8 +58,6 @@ async def test_duplicates_posted_across_three_workers_get_one_reply_each(
         expected = {"echo: same callback"} | {f"echo: {d['data']['data']['text']}" for d in docs}
         await wait_for(lambda: set(reply_counts(fake_api.fake)) >= expected, timeout=60)
         await asyncio.sleep(1.0)  # let any straggling duplicate show up before counting
-    finally:
-        _stop_all(workers)
     counts = reply_counts(fake_api.fake)
     duplicates, lost = _report("posted twice, 3 workers", len(posts), statuses.count(200),
                                counts, expected)
@@ -79,8 +71,7 @@ async def test_worker_sigkilled_mid_stream_loses_and_doubles_nothing(
     ingress = await start_ingress(settings)
     # Slow replies keep many deliveries in flight in each worker when one is killed.
     fake_api.fake.config.latency = 0.02
-    workers = [WorkerProcess(settings, log_path=tmp_path / f"w{i}.log") for i in range(3)]
-    try:
+    with WorkerGroup(settings, 3, tmp_path) as workers:
         docs = generated(1000, start=30_000)
         expected = {f"echo: {d['data']['data']['text']}" for d in docs}
         posting = asyncio.create_task(post_all(f"{ingress.url}/callback", docs, concurrency=16))
@@ -92,8 +83,6 @@ async def test_worker_sigkilled_mid_stream_loses_and_doubles_nothing(
         assert set(statuses) == {200}
         done = await wait_for(lambda: set(reply_counts(fake_api.fake)) >= expected, timeout=90)
         await asyncio.sleep(1.0)
-    finally:
-        _stop_all(workers)
     counts = reply_counts(fake_api.fake)
     print(f"\nkilled a worker after {killed_at} replies")
     duplicates, lost = _report("SIGKILL mid-stream, redis dedup", len(docs),

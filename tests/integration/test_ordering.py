@@ -14,7 +14,7 @@ import pytest
 from shared.errors import Retry
 from shared.fake_cometchat import RunningFake
 from tests.helpers import (
-    WorkerProcess,
+    WorkerGroup,
     muid_counts,
     resends_around,
     text_callback,
@@ -91,17 +91,13 @@ def ordered(make_settings, redis_url, redis_client):
 async def test_three_workers_keep_each_conversation_in_order(
         ordered, redis_client, start_ingress, fake_api: RunningFake, tmp_path):
     ingress = await start_ingress(ordered)
-    workers = [WorkerProcess(ordered, log_path=tmp_path / f"w{i}.log") for i in range(3)]
-    try:
+    with WorkerGroup(ordered, 3, tmp_path):
         assert await _wait_spread(redis_client, ordered.prefix, 3)
         statuses = await _post_conversations(f"{ingress.url}/callback", range(CONVERSATIONS),
                                              PER_CONVERSATION)
         total = CONVERSATIONS * PER_CONVERSATION
         assert statuses.count(200) == total
         assert await wait_for(lambda: len(fake_api.fake.replies) >= total, timeout=60)
-    finally:
-        for worker in workers:
-            worker.terminate(timeout=15)
     order = _order_by_conversation(fake_api.fake)
     assert all(order[c] == list(range(PER_CONVERSATION)) for c in range(CONVERSATIONS))
     by_worker = defaultdict(int)
@@ -116,8 +112,7 @@ async def test_killed_worker_partitions_are_taken_over_in_order(
         ordered, redis_client, start_ingress, fake_api: RunningFake, tmp_path):
     ingress = await start_ingress(ordered)
     fake_api.fake.config.latency = 0.01
-    workers = [WorkerProcess(ordered, log_path=tmp_path / f"w{i}.log") for i in range(3)]
-    try:
+    with WorkerGroup(ordered, 3, tmp_path) as workers:
         assert await _wait_spread(redis_client, ordered.prefix, 3)
         posting = asyncio.create_task(_post_conversations(
             f"{ingress.url}/callback", range(CONVERSATIONS), PER_CONVERSATION))
@@ -128,7 +123,7 @@ async def test_killed_worker_partitions_are_taken_over_in_order(
         victim.kill()
         killed = time.monotonic()
         kill_time = time.time()
-        workers.append(WorkerProcess(ordered, log_path=tmp_path / "w3.log"))
+        workers.add()
         takeover = None
         while time.monotonic() - killed < 20:
             holders = await _lease_holders(redis_client, ordered.prefix)
@@ -141,9 +136,6 @@ async def test_killed_worker_partitions_are_taken_over_in_order(
         assert statuses.count(200) == total
         assert await wait_for(lambda: len(muid_counts(fake_api.fake)) >= total, timeout=60)
         await asyncio.sleep(1.0)
-    finally:
-        for worker in workers:
-            worker.terminate(timeout=15)
     held_by_victim = sum(1 for h in before if h and dead_id in h)
     print(f"\nvictim held {held_by_victim} partitions; taken over in {takeover:.1f}s")
     assert takeover is not None and takeover <= 10
@@ -156,14 +148,12 @@ async def test_killed_worker_partitions_are_taken_over_in_order(
 async def test_a_fourth_worker_joining_gets_a_share(
         ordered, redis_client, start_ingress, fake_api: RunningFake, tmp_path):
     ingress = await start_ingress(ordered)
-    workers = [WorkerProcess(ordered, log_path=tmp_path / f"w{i}.log") for i in range(3)]
-    try:
+    with WorkerGroup(ordered, 3, tmp_path) as workers:
         assert await _wait_spread(redis_client, ordered.prefix, 3)
         posting = asyncio.create_task(_post_conversations(
             f"{ingress.url}/callback", range(CONVERSATIONS), PER_CONVERSATION))
         assert await wait_for(lambda: len(fake_api.fake.replies) >= 200, timeout=60)
-        newcomer = WorkerProcess(ordered, log_path=tmp_path / "w4.log")
-        workers.append(newcomer)
+        newcomer = workers.add()
         assert await _wait_spread(redis_client, ordered.prefix, 4)
         holders = await _lease_holders(redis_client, ordered.prefix)
         mine = [n for n, h in enumerate(holders) if h and f"-{newcomer.proc.pid}-" in h]
@@ -171,9 +161,6 @@ async def test_a_fourth_worker_joining_gets_a_share(
         total = CONVERSATIONS * PER_CONVERSATION
         assert statuses.count(200) == total
         assert await wait_for(lambda: len(fake_api.fake.replies) >= total, timeout=60)
-    finally:
-        for worker in workers:
-            worker.terminate(timeout=15)
     print(f"\nthe fourth worker took partitions {mine}")
     assert mine
     order = _order_by_conversation(fake_api.fake)
