@@ -29,7 +29,7 @@ from shared.metrics import CONTENT_TYPE_LATEST, WorkerMetrics, render
 from shared.settings import Settings
 from worker.bot import Bot
 from worker.consumer import Consumer
-from worker.dedup import DedupStore, make_store
+from worker.dedup import DedupStore, RedisDedup, make_store
 from worker.partitions import (
     Leases,
     PartitionManager,
@@ -101,6 +101,10 @@ class Worker:
     def _leases(self) -> Leases:
         if not self.settings.redis_url:
             return SoloLeases(self.id)
+        if isinstance(self.dedup, RedisDedup):
+            # The dedup store's connection pool serves the leases too (it closes it at stop,
+            # after the partitions were handed back).
+            return RedisLeases(self.dedup.client, self.settings.prefix, self.id)
         self._redis = aioredis.Redis.from_url(self.settings.redis_url, socket_timeout=2.0,
                                               socket_connect_timeout=2.0)
         return RedisLeases(self._redis, self.settings.prefix, self.id)
