@@ -17,7 +17,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from ingress.state import STATE, IngressState
-from shared.broker import PUBLISH_ERRORS, BrokerUnavailable, make_message
+from shared.broker import PUBLISH_ERRORS, BrokerUnavailable
 from shared.errors import PayloadError
 from shared.headers import ATTEMPT, CONVERSATION, RECEIVED_AT, TRIGGER
 from shared.payloads import parse_body
@@ -121,19 +121,19 @@ async def _answer(request: web.Request, state: IngressState) -> web.Response:
     if state.closing:
         return _unavailable(state, "shutting_down", "shutting down")
 
-    message = make_message(
-        body,
-        message_id=callback.dedup_key,
-        headers={
-            ATTEMPT: 1,
-            RECEIVED_AT: int(time.time() * 1000),
-            TRIGGER: callback.trigger,
-            CONVERSATION: callback.conversation_id,
-        },
-    )
     try:
-        await state.broker.publish(message, inbound_key(settings, callback.conversation_id),
-                                   timeout=settings.publish_timeout)
+        await state.broker.publish_callback(
+            body,
+            inbound_key(settings, callback.conversation_id),
+            message_id=callback.dedup_key,
+            headers={
+                ATTEMPT: 1,
+                RECEIVED_AT: int(time.time() * 1000),
+                TRIGGER: callback.trigger,
+                CONVERSATION: callback.conversation_id,
+            },
+            timeout=settings.publish_timeout,
+        )
     except BrokerUnavailable:
         return _unavailable(state, "broker_down", "the message broker is not reachable")
     except TimeoutError:

@@ -11,7 +11,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, cast
 
 import aio_pika
 import aiormq
@@ -21,8 +22,10 @@ from aio_pika.abc import (
     AbstractRobustConnection,
     DeliveryMode,
 )
+from pamqp import commands as spec
 
 from shared import topology
+from shared.publisher import ChannelClosed, ConfirmBatcher
 from shared.settings import Settings
 
 log = logging.getLogger("botrelay.broker")
@@ -82,6 +85,17 @@ def make_message(
     )
 
 
+def callback_properties(message_id: str, headers: dict[str, Any]) -> spec.Basic.Properties:
+    """What ``make_message`` sets, as the frame's properties directly (the ingress's hot path)."""
+    return spec.Basic.Properties(
+        content_type="application/json",
+        delivery_mode=DeliveryMode.PERSISTENT.value,
+        message_id=message_id,
+        timestamp=datetime.now(UTC),
+        headers=headers,
+    )
+
+
 class BrokerLink:
     """One robust connection plus a confirm channel with the topology declared on it."""
 
@@ -94,6 +108,7 @@ class BrokerLink:
         self._task: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
         self._retry_exchanges: dict[float, AbstractExchange] = {}
+        self._batcher = ConfirmBatcher()
 
     @property
     def ready(self) -> bool:
@@ -170,6 +185,22 @@ class BrokerLink:
             timeout=timeout or self.settings.publish_timeout,
         )
 
+    async def publish_callback(self, body: bytes, routing_key: str, *, message_id: str,
+                               headers: dict[str, Any], timeout: float | None = None) -> None:
+        """``publish(make_message(body, ...), routing_key)``, batched with the other callbacks
+        of this event-loop turn into one write (``shared.publisher``); the same guarantees."""
+        channel, exchange = self.channel, self.exchange
+        if channel is None or exchange is None or not self.ready:
+            raise BrokerUnavailable("no open channel to the broker")
+        # aio-pika's channels always sit on an ``aiormq.Channel``; the batcher needs its fields.
+        underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
+        try:
+            async with asyncio.timeout(timeout or self.settings.publish_timeout):
+                await self._batcher.publish(underlay, exchange.name, routing_key, body,
+                                            callback_properties(message_id, headers))
+        except ChannelClosed as exc:
+            raise BrokerUnavailable(str(exc)) from exc
+
     async def publish_delayed(self, message: aio_pika.Message, delay: float,
                               routing_key: str) -> None:
         """Publish to the retry queue of ``delay`` seconds; it dead-letters the message back to
@@ -186,6 +217,7 @@ class BrokerLink:
         await self.publish(message, routing_key, exchange=exchange)
 
     async def close(self) -> None:
+        await self._batcher.close()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

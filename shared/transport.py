@@ -57,6 +57,11 @@ class Broker(Protocol):
                       timeout: float | None = None) -> None:
         """To the main exchange: ``inbound`` (a worker's queue) or ``dead`` (the DLQ)."""
 
+    async def publish_callback(self, body: bytes, routing_key: str, *, message_id: str,
+                               headers: dict[str, Any], timeout: float | None = None) -> None:
+        """The ingress's hot path: ``publish(make_message(body, message_id=message_id,
+        headers=headers), routing_key)``, which an implementation may batch."""
+
     async def publish_delayed(self, message: aio_pika.Message, delay: float,
                               routing_key: str) -> None:
         """To the retry queue of ``delay`` seconds (one of ``BOTRELAY_RETRY_DELAYS``); after the

@@ -28,7 +28,7 @@ from typing import Any
 
 import aio_pika
 
-from shared.broker import BrokerUnavailable
+from shared.broker import BrokerUnavailable, make_message
 from shared.settings import Settings
 from shared.topology import DEAD_KEY, INBOUND_KEY
 
@@ -158,6 +158,11 @@ class MemoryBroker:
         if len(self.inbound) >= self.settings.inbound_max_length:
             raise QueueFull("the inbound queue is full")
         self._enqueue(Stored(message, routing_key))
+
+    async def publish_callback(self, body: bytes, routing_key: str, *, message_id: str,
+                               headers: dict[str, Any], timeout: float | None = None) -> None:
+        await self.publish(make_message(body, message_id=message_id, headers=headers),
+                           routing_key)
 
     async def publish_delayed(self, message: aio_pika.Message, delay: float,
                               routing_key: str) -> None:
