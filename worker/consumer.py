@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -35,7 +36,7 @@ from shared.topology import delay_for_attempt, pick_delay
 from shared.transport import Delivery
 from worker.bot import Bot
 from worker.dedup import Claim, DedupStore, Status
-from worker.reply import Reply, muid
+from worker.reply import muid
 from worker.retry import Mover, attempt_of
 
 log = logging.getLogger("botrelay.worker")
@@ -44,12 +45,15 @@ log = logging.getLogger("botrelay.worker")
 CANCEL_GRACE = 1.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Outcome:
-    name: str  # replied, no_reply, ignored, duplicate, busy
+    name: str  # replied, no_reply, ignored, duplicate, busy, parked
     replies: int = 0
     delay: float = 0.0  # parked: how long the conversation's head is waiting
     text: str | None = None  # the message's text, for debug lines only
+
+
+IGNORED, DUPLICATE, BUSY = Outcome("ignored"), Outcome("duplicate"), Outcome("busy")
 
 
 @dataclass(slots=True)
@@ -58,7 +62,8 @@ class Context:
 
     key: str | None = None
     pen: str | None = None  # its conversation's pen, when replies are kept in order
-    delivering: bool = False  # replies may be going out: their own task settles the claim
+    delivering: bool = False  # replies may be going out: the job runs to the end
+    timed_out: bool = False  # the handler overran BOTRELAY_HANDLER_TIMEOUT and was cancelled
 
 
 class Unrecorded(DedupUnavailable):
@@ -93,41 +98,57 @@ class Consumer:
         self.replies = replies
         self.mover = mover
         self.metrics = metrics
-        self._tails: dict[str, asyncio.Event] = {}
+        # Per conversation with a delivery running: the deliveries waiting behind it.
+        self._lines: dict[str, deque[asyncio.Future[None]]] = {}
         self.in_flight = 0
         self.idle = asyncio.Event()
         self.idle.set()
         self._running: set[asyncio.Task[Any]] = set()
-        self._abandoned: set[asyncio.Task[list[Reply]]] = set()
-        self._delivering: set[asyncio.Task[int]] = set()
+        self._jobs: set[asyncio.Task[int]] = set()
+        self._abandoned: set[asyncio.Task[int]] = set()
         self.ordered = settings.ordering == "conversation"
+        # Read at scrape time: no gauge update on the per-delivery path.
+        metrics.in_flight.set_function(lambda: self.in_flight)
 
     async def on_delivery(self, delivery: Delivery) -> None:
-        """Consumer callback. The chain entry is made before the first await, so deliveries of
-        one conversation queue up in the order the broker delivered them."""
+        """Consumer callback. A delivery joins its conversation's line before the first await,
+        so deliveries of one conversation run in the order the broker delivered them. The
+        common case (nobody ahead) costs two dict operations, no future."""
         conversation = str((delivery.headers or {}).get(CONVERSATION) or "")
-        previous = self._tails.get(conversation)
-        mine = asyncio.Event()
-        self._tails[conversation] = mine
+        line = self._lines.get(conversation)
+        turn: asyncio.Future[None] | None = None
+        if line is None:
+            self._lines[conversation] = deque()
+        else:
+            turn = asyncio.get_running_loop().create_future()
+            line.append(turn)
         self.in_flight += 1
         self.idle.clear()
-        self.metrics.in_flight.inc()
         task = asyncio.current_task()
         if task is not None:
             self._running.add(task)
         try:
-            if previous is not None:
-                await previous.wait()
+            if turn is not None:
+                await turn
             await self.process(delivery)
         finally:
             self._running.discard(task)
-            mine.set()
-            if self._tails.get(conversation) is mine:
-                del self._tails[conversation]
+            if turn is not None and not turn.done():
+                turn.cancel()  # cancelled while waiting: leave the line, the holder skips it
+            else:
+                self._next_in_line(conversation)
             self.in_flight -= 1
-            self.metrics.in_flight.dec()
             if self.in_flight == 0:
                 self.idle.set()
+
+    def _next_in_line(self, conversation: str) -> None:
+        line = self._lines[conversation]
+        while line:
+            turn = line.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                return
+        del self._lines[conversation]
 
     async def cancel_in_flight(self, timeout: float = 5.0) -> None:
         """Give up on the deliveries still running (shutdown past its grace): each releases its
@@ -241,92 +262,102 @@ class Consumer:
         callback = parse_body(delivery.body)
         msg = callback.message
         if msg is None or callback.ignore_reason is not None or self.bot.is_own(msg):
-            return Outcome("ignored")
+            return IGNORED
         key = ctx.key = callback.dedup_key
         if self.ordered:
             ctx.pen = f"{callback.app_id}:{callback.source}:{callback.conversation_id}"
         claim = await self.dedup.claim(key, ctx.pen)
         if claim.status is Status.DONE:
-            return Outcome("duplicate")
+            return DUPLICATE
         if claim.status is Status.PARKED:
             return Outcome("parked", delay=claim.delay or self.settings.retry_delays[0])
         if claim.status is Status.BUSY:
-            return Outcome("busy")
+            return BUSY
         if _replied(delivery) > claim.sent:
             claim = replace(claim, sent=_replied(delivery))
-        try:
-            sent = await self._answer(msg, key, claim, ctx)
-        except BaseException:
-            if not ctx.delivering:  # else the delivering task settles the claim itself
-                with contextlib.suppress(DedupUnavailable):
-                    await self.dedup.release(key, claim.token)
-            raise
+        sent = await self._answer(msg, key, claim, ctx)
         received = (delivery.headers or {}).get(RECEIVED_AT)
         if sent and isinstance(received, int):
             self.metrics.end_to_end_seconds.observe(max(0.0, time.time() - received / 1000))
         return Outcome("replied" if sent else "no_reply", sent, text=msg.text)
 
-    async def _dispatch(self, msg: Message) -> list[Reply]:
-        """The handler's replies, or TimeoutError past BOTRELAY_HANDLER_TIMEOUT. A handler that
-        swallows its cancellation is abandoned, not awaited: it must neither hold its
-        conversation and a delivery slot for ever nor reply after its time is up."""
-        task = asyncio.ensure_future(self.bot.dispatch(msg))
+    async def _answer(self, msg: Message, key: str, claim: Claim, ctx: Context) -> int:
+        """Run the handler and deliver its replies in a task of their own (``_job``), which
+        owns the claim from here on: it marks the key done or releases it.
+
+        This task only waits for it. Losing the broker connection cancels consumer tasks: a
+        job still in the handler is cancelled with it, but one that is delivering runs to the
+        end, so the redelivery finds the key done instead of answering again. A handler that
+        swallows its cancellation at ``BOTRELAY_HANDLER_TIMEOUT`` is abandoned after
+        ``CANCEL_GRACE``: it must neither hold its conversation and a delivery slot for ever
+        nor reply after its time is up (the job checks ``ctx.timed_out`` before sending)."""
+        job = asyncio.ensure_future(self._job(msg, key, claim, ctx))
+        self._jobs.add(job)
+        job.add_done_callback(self._job_done)
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+
+        def wake(_: object = None) -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+
+        timer: asyncio.TimerHandle
+
+        def overrun() -> None:
+            if not ctx.delivering:  # still in the handler: stop it, give it a grace to stop
+                ctx.timed_out = True
+                job.cancel()
+                nonlocal timer
+                timer = loop.call_later(CANCEL_GRACE, wake)
+
+        job.add_done_callback(wake)
+        timer = loop.call_later(self.settings.handler_timeout, overrun)
         try:
-            done, _ = await asyncio.wait({task}, timeout=self.settings.handler_timeout)
+            await waiter  # cancelling this task cancels the waiter only, not the job
         except asyncio.CancelledError:
-            task.cancel()
+            if not ctx.delivering:
+                job.cancel()  # it releases the claim; give it a moment to do so
+                await asyncio.wait({job}, timeout=CANCEL_GRACE)
             raise
-        if done:
-            return task.result()
-        task.cancel()
-        done, _ = await asyncio.wait({task}, timeout=CANCEL_GRACE)
-        if not done:
+        finally:
+            timer.cancel()
+            job.remove_done_callback(wake)
+        if not job.done():  # the grace ran out: it swallowed its cancellation
             log.error("a handler ignored its cancellation; abandoned it",
                       extra={"conversation": msg.conversation_id})
-            self._abandoned.add(task)
-            task.add_done_callback(self._forget)
-        elif not task.cancelled():
-            task.exception()  # retrieved: a late result or error is dropped on purpose
-        raise TimeoutError
-
-    def _forget(self, task: asyncio.Task[list[Reply]]) -> None:
-        self._abandoned.discard(task)
-        if not task.cancelled():
-            task.exception()
-
-    async def _answer(self, msg: Message, key: str, claim: Claim, ctx: Context) -> int:
-        started = time.perf_counter()
-        try:
-            replies = await self._dispatch(msg)
-        except TimeoutError:
+            self._abandoned.add(job)
+            with contextlib.suppress(DedupUnavailable):
+                await self.dedup.release(key, claim.token)
+        if ctx.timed_out:
             raise TransientError(
-                f"handler did not finish within {self.settings.handler_timeout:g}s"
-            ) from None
-        finally:
-            self.metrics.handler_seconds.observe(time.perf_counter() - started)
-        # Only a bot that replies needs to know who it is (webhook events do not name the bot).
-        url = self.replies.url(msg.app_id, msg.region, self.bot.sender_uid(msg)) if replies else ""
-        # Build every body first: an invalid reply fails the message before anything is sent.
-        bodies = [reply.body(msg, muid(key, i)) for i, reply in enumerate(replies)]
-        # From here a reply may go out: sending and recording run to the end even if this task
-        # is cancelled (losing the broker connection cancels its consumers' tasks), so the
-        # redelivery finds the key done instead of answering again.
-        ctx.delivering = True
-        task = asyncio.ensure_future(self._deliver(url, bodies, key, claim, ctx.pen))
-        self._delivering.add(task)
-        task.add_done_callback(self._delivered)
-        return await asyncio.shield(task)
+                f"handler did not finish within {self.settings.handler_timeout:g}s")
+        return job.result()
 
-    def _delivered(self, task: asyncio.Task[int]) -> None:
-        self._delivering.discard(task)
-        if not task.cancelled():
-            task.exception()  # also retrieved when nobody awaits it any more (cancelled caller)
+    def _job_done(self, job: asyncio.Task[int]) -> None:
+        self._jobs.discard(job)
+        self._abandoned.discard(job)
+        if not job.cancelled():
+            job.exception()  # retrieved: an abandoned job's late result is dropped on purpose
 
-    async def _deliver(self, url: str, bodies: list[dict[str, Any]], key: str, claim: Claim,
-                       pen: str | None) -> int:
-        """Send the replies not sent yet and mark the key done; on failure release the claim.
-        Never sends a reply whose predecessor could not be recorded (``Unrecorded``)."""
+    async def _job(self, msg: Message, key: str, claim: Claim, ctx: Context) -> int:
+        """Handler, then replies, then the key marked done; on any failure the claim is
+        released so another attempt can take it. Never sends a reply whose predecessor could
+        not be recorded (``Unrecorded``)."""
         try:
+            started = time.perf_counter()
+            try:
+                replies = await self.bot.dispatch(msg)
+            finally:
+                self.metrics.handler_seconds.observe(time.perf_counter() - started)
+            if ctx.timed_out:  # it swallowed its cancellation and returned late: no replies
+                raise TransientError(
+                    f"handler did not finish within {self.settings.handler_timeout:g}s")
+            # Only a bot that replies needs to know who it is (webhook events name no bot).
+            url = self.replies.url(msg.app_id, msg.region,
+                                   self.bot.sender_uid(msg)) if replies else ""
+            # Every body first: an invalid reply fails the message before anything is sent.
+            bodies = [reply.body(msg, muid(key, i)) for i, reply in enumerate(replies)]
+            ctx.delivering = True  # from here a reply may go out
             for i in range(claim.sent, len(bodies)):
                 await self.replies.send(url, bodies[i])
                 if i + 1 < len(bodies):
@@ -335,7 +366,7 @@ class Consumer:
                     except DedupUnavailable as exc:
                         raise Unrecorded(i + 1, exc) from exc
             try:
-                await self._mark_done(key, claim.token, pen)
+                await self._mark_done(key, claim.token, ctx.pen)
             except DedupUnavailable as exc:
                 raise Unrecorded(max(len(bodies), claim.sent), exc) from exc
         except BaseException:
@@ -348,7 +379,8 @@ class Consumer:
         """The replies are out: recording that must not fail lightly, or a redelivery would
         answer again. Keep trying for a few seconds (well within the lease)."""
         for pause in (0.0, 0.2, 0.5, 1.0, 2.0):
-            await asyncio.sleep(pause)
+            if pause:
+                await asyncio.sleep(pause)
             try:
                 await self.dedup.done(key, token, pen)
                 return
