@@ -198,8 +198,9 @@ class RedisDedup:
         self.lease_ms = int(lease * 1000)
         self.ttl_ms = int(ttl * 1000)
         self.pen_ttl_ms = int(pen_ttl * 1000)
-        # Claims and done marks, the two calls every delivery makes, share pipelines.
-        self._batch = ScriptBatcher(client)
+        # Claims and done marks, the two calls every delivery makes, share pipelines (with the
+        # rate limiter's reservations when it uses this client too).
+        self._batch = ScriptBatcher.of(client)
         self._claim = self._batch.script(_CLAIM)
         self._done = self._batch.script(_DONE)
         self._release = client.register_script(_RELEASE)

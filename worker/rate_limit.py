@@ -231,11 +231,13 @@ class RedisRateLimiter(RateLimiter):
     """Buckets in Redis, shared by every worker with the same prefix; one script call each."""
 
     def __init__(self, client: aioredis.Redis, prefix: str, limits: Limits,
-                 metrics: WorkerMetrics | None = None) -> None:
+                 metrics: WorkerMetrics | None = None, *, owns_client: bool = True) -> None:
         super().__init__(limits, metrics)
         self.client = client
         self.prefix = prefix
-        self._batch = ScriptBatcher(client)  # one reservation per reply: pipelined
+        self.owns_client = owns_client
+        # One reservation per reply, pipelined with whatever else uses this client.
+        self._batch = ScriptBatcher.of(client)
         self._acquire = self._batch.script(_ACQUIRE)
         self._slow = client.register_script(_SLOW_DOWN)
         self._warned = False
@@ -286,16 +288,20 @@ class RedisRateLimiter(RateLimiter):
 
     async def close(self) -> None:
         await super().close()
-        await self._batch.close()
-        await self.client.aclose()
+        if self.owns_client:
+            await self._batch.close()
+            await self.client.aclose()
 
 
-def make_limiter(settings: Settings, metrics: WorkerMetrics | None = None
-                 ) -> RateLimiter | None:
-    """The limiter ``settings`` ask for: shared in Redis, in memory, or none (both limits 0)."""
+def make_limiter(settings: Settings, metrics: WorkerMetrics | None = None,
+                 client: aioredis.Redis | None = None) -> RateLimiter | None:
+    """The limiter ``settings`` ask for: shared in Redis, in memory, or none (both limits 0).
+    ``client``: a Redis client to share (the worker passes its dedup store's), else its own."""
     limits = Limits.from_settings(settings)
     if not limits.enabled:
         return None
+    if settings.redis_url and client is not None:
+        return RedisRateLimiter(client, settings.prefix, limits, metrics, owns_client=False)
     if settings.redis_url:
         return RedisRateLimiter.from_settings(settings, metrics)
     return RateLimiter(limits, metrics)

@@ -1,12 +1,18 @@
-"""Auto-pipelining of Redis script calls: the calls made in one turn of the event loop go out
-together as one pipeline, in one write and one round trip, instead of one round trip each (what
-ioredis and node-redis call auto-pipelining).
+"""Auto-pipelining of Redis script calls: the calls made while the previous batch was on its way
+go out together, in one write and one round trip, instead of one round trip each (what ioredis and
+node-redis call auto-pipelining).
 
 A worker holding 64 deliveries makes its dedup claims, rate-limit reservations and done marks in
-bursts; batching them cuts the per-command cost (a pooled connection, a write, a read each) to a
-share of one. Each caller still gets its own result or its own exception, exactly as from a
-direct call: a connection error reaches every caller of that batch, so ``DedupUnavailable`` and
-the rate limiter's fallback behave as before. Scripts run by SHA (``EVALSHA``); after a Redis
+bursts. One ``ScriptBatcher`` per Redis client (``ScriptBatcher.of``) serves them all, so the
+dedup store and the rate limiter share batches. It owns one connection and one flusher task:
+per batch that is one write, one read per reply and one deadline (the client's
+``socket_timeout``), where a pooled ``Pipeline`` would also take and return a pool connection,
+start a task for the write and a timer for each read.
+
+Each caller still gets its own result or its own exception, exactly as from a direct call: a
+connection error or the deadline reaches every caller of that batch, so ``DedupUnavailable`` and
+the rate limiter's fallback behave as before. A connection found dead is replaced and the batch
+sent once more, as the client's own retry would. Scripts run by SHA (``EVALSHA``); after a Redis
 restart has emptied its script cache, the batch loads them again and retries once.
 """
 
@@ -15,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,8 +34,10 @@ _RETRY_ONCE = (redis.exceptions.ConnectionError, ConnectionError)
 # Commands per pipeline: a burst larger than this goes out as several pipelines.
 MAX_BATCH = 256
 
-_Call = tuple["BatchedScript", Sequence[Any], Sequence[Any], "asyncio.Future[Any]"]
+# A batch's deadline when the client sets no socket_timeout.
+DEFAULT_TIMEOUT = 5.0
 
+_Call = tuple["BatchedScript", Sequence[Any], Sequence[Any], "asyncio.Future[Any]"]
 
 class BatchedScript:
     """A Lua script called like ``redis.asyncio`` ``AsyncScript``: ``await s(keys=, args=)``."""
@@ -43,38 +52,57 @@ class BatchedScript:
 
 
 class ScriptBatcher:
+    _shared: weakref.WeakKeyDictionary[aioredis.Redis, ScriptBatcher] = (
+        weakref.WeakKeyDictionary())
+
     def __init__(self, client: aioredis.Redis) -> None:
         self.client = client
+        pool = client.connection_pool
+        kwargs = dict(pool.connection_kwargs)
+        self.timeout = float(kwargs.get("socket_timeout") or DEFAULT_TIMEOUT)
+        kwargs["socket_timeout"] = None  # the batch's one deadline replaces per-call timers
+        self._connect_kwargs = kwargs
+        self._connection_class = pool.connection_class
+        self._connection: Any = None
         self._pending: list[_Call] = []
-        self._scheduled = False
-        self._flushes: set[asyncio.Task[None]] = set()
+        self._wakeup: asyncio.Future[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()  # set while the flusher has nothing to do
+
+    @classmethod
+    def of(cls, client: aioredis.Redis) -> ScriptBatcher:
+        """The batcher of ``client``, made on first use: every user of one client shares it."""
+        batcher = cls._shared.get(client)
+        if batcher is None:
+            batcher = cls._shared[client] = cls(client)
+        return batcher
 
     def script(self, source: str) -> BatchedScript:
         return BatchedScript(self, source)
 
     def call(self, script: BatchedScript, keys: Sequence[Any], args: Sequence[Any]
              ) -> asyncio.Future[Any]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending.append((script, keys, args, future))
-        if not self._scheduled:
-            self._scheduled = True
-            loop.call_soon(self._flush)
+        self._idle.clear()
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self._flush_forever())
+        elif self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
         return future
 
-    def _flush(self) -> None:
-        self._scheduled = False
-        pending, self._pending = self._pending, []
-        for start in range(0, len(pending), MAX_BATCH):
-            task = asyncio.ensure_future(self._execute(pending[start:start + MAX_BATCH]))
-            self._flushes.add(task)
-            task.add_done_callback(self._flushes.discard)
+    async def _flush_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._pending:
+                self._idle.set()
+                self._wakeup = loop.create_future()
+                await self._wakeup
+                self._wakeup = None
+            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+            await self._execute(batch)
 
     async def _run(self, calls: Sequence[_Call]) -> list[Any]:
-        """One write of every ``EVALSHA``, then one reply each, on one pooled connection: the
-        client's own ``Pipeline`` adds a command stack, response callbacks and bookkeeping per
-        call that this hot path does not need. A pooled connection found dead is replaced and
-        the batch sent once more, as the client's retry would."""
         commands = [("EVALSHA", script.sha, len(keys), *keys, *args)
                     for script, keys, args, _ in calls]
         for attempt in (1, 2):
@@ -86,23 +114,28 @@ class ScriptBatcher:
         raise AssertionError("unreachable")
 
     async def _round_trip(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        pool = self.client.connection_pool
-        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        connection = self._connection
         try:
-            await connection.send_packed_command(connection.pack_commands(commands))
-            results: list[Any] = []
-            for _ in commands:
-                try:
-                    results.append(await connection.read_response())
-                except redis.exceptions.ResponseError as exc:  # this call's error, not the batch's
-                    results.append(exc)
-            return results
+            async with asyncio.timeout(self.timeout):
+                if connection is None:
+                    connection = self._connection_class(**self._connect_kwargs)
+                    await connection.connect()  # type: ignore[no-untyped-call]
+                    self._connection = connection
+                await connection.send_packed_command(_pack(commands), check_health=False)
+                results: list[Any] = []
+                for _ in commands:
+                    try:
+                        results.append(await connection.read_response())
+                    except redis.exceptions.ResponseError as exc:  # this call's own error
+                        results.append(exc)
+                return results
         except BaseException:
-            # Replies may be left unread on it: never hand this connection out again.
-            await connection.disconnect()
+            # Replies may be left unread on it: never use this connection again.
+            self._connection = None
+            if connection is not None:
+                with contextlib.suppress(Exception):
+                    await connection.disconnect(nowait=True)
             raise
-        finally:
-            await pool.release(connection)
 
     async def _execute(self, calls: list[_Call]) -> None:
         try:
@@ -134,7 +167,36 @@ class ScriptBatcher:
                 future.set_result(result)
 
     async def close(self) -> None:
-        """Let the batches in flight finish (their callers are waiting for them)."""
-        if self._flushes:
+        """Let the calls already made finish (their callers are waiting), then disconnect."""
+        if self._task is not None:
+            if not self._task.done():
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._idle.wait(), self.timeout)
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+        if self._connection is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait(set(self._flushes), timeout=5)
+                await self._connection.disconnect()
+            self._connection = None
+        self._shared.pop(self.client, None)
+
+
+def _pack(commands: list[tuple[Any, ...]]) -> bytes:
+    """RESP for these commands (``Connection.pack_commands`` does the same, at several times the
+    cost per argument). Arguments are str, bytes, int or float, as the scripts here pass."""
+    out: list[bytes] = []
+    for command in commands:
+        out.append(b"*%d\r\n" % len(command))
+        for arg in command:
+            if isinstance(arg, str):
+                raw = arg.encode()
+            elif isinstance(arg, bytes):
+                raw = arg
+            elif isinstance(arg, int | float) and not isinstance(arg, bool):
+                raw = repr(arg).encode()
+            else:
+                raise TypeError(f"cannot send a {type(arg).__name__} to Redis")
+            out.append(b"$%d\r\n%b\r\n" % (len(raw), raw))
+    return b"".join(out)

@@ -37,6 +37,7 @@ from worker.partitions import (
     SoloLeases,
     worker_id,
 )
+from worker.rate_limit import make_limiter
 from worker.reply_client import ReplyClient
 from worker.retry import Mover
 
@@ -55,8 +56,11 @@ class Worker:
         self.broker = BrokerLink(settings, name)
         self.dedup = dedup or make_store(settings)
         self.id = worker_id()
-        self.replies = replies or ReplyClient(settings, self.metrics,
-                                              user_agent=f"botrelay-worker/{self.id}")
+        # The rate limiter shares the dedup store's Redis client, and so its pipelines.
+        shared = self.dedup.client if isinstance(self.dedup, RedisDedup) else None
+        self.replies = replies or ReplyClient(
+            settings, self.metrics, limiter=make_limiter(settings, self.metrics, shared),
+            user_agent=f"botrelay-worker/{self.id}")
         self.consumer = Consumer(settings, bot, self.dedup, self.replies,
                                  Mover(settings, self.broker), self.metrics)
         self._queue: AbstractQueue | None = None

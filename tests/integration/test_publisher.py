@@ -155,7 +155,7 @@ async def test_the_channel_closing_before_the_confirm_fails_the_waiters(link, pr
     # Publishing to a missing exchange closes the channel (404) under the waiters' feet.
     broken = asyncio.ensure_future(batcher.publish(underlay, f"{prefix}.missing", "q", b"{}",
                                                    callback_properties("broken", {})))
-    done, pending = await asyncio.wait([*waiters, broken], timeout=10)
+    _, pending = await asyncio.wait([*waiters, broken], timeout=10)
     assert not pending
     assert broken.exception() is not None
     # Each waiter either got its ack before the close or an error: never left hanging.
