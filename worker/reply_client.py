@@ -1,4 +1,5 @@
-"""The reply client: one aiohttp session, tenacity around each POST, ``Retry-After`` honoured.
+"""The reply client: keep-alive connections (``worker.http_pool``), tenacity around each POST,
+``Retry-After`` honoured.
 
 Only what ``RETRYABLE`` names is retried, and only within the inline budget
 (``BOTRELAY_REPLY_BUDGET``); past it, the failure becomes a ``TransientError`` and the message
@@ -14,7 +15,6 @@ import logging
 import time
 from typing import Any
 
-import aiohttp
 import orjson
 from tenacity import (
     AsyncRetrying,
@@ -26,6 +26,7 @@ from tenacity import (
 from shared.errors import PermanentError, TransientError
 from shared.metrics import WorkerMetrics
 from shared.settings import Settings
+from worker.http_pool import HttpError, HttpPool
 from worker.rate_limit import RateLimiter, make_limiter
 
 log = logging.getLogger("botrelay.reply")
@@ -51,14 +52,12 @@ class ReplyFailed(TransientError):
         self.retry_after = retry_after
 
 
-# The single definition of what the reply client retries.
+# The single definition of what the reply client retries: 408/429/5xx, a connection that failed
+# or closed mid-answer, an answer that is not HTTP at all (a broken proxy in between), and no
+# answer within BOTRELAY_REPLY_TIMEOUT.
 RETRYABLE: tuple[type[BaseException], ...] = (
     ReplyFailed,
-    aiohttp.ClientConnectionError,
-    aiohttp.ClientPayloadError,
-    # An answer that is not HTTP at all (a broken proxy in between); no raise_for_status here,
-    # so this is the only way the client raises it.
-    aiohttp.ClientResponseError,
+    HttpError,
     asyncio.TimeoutError,
 )
 
@@ -116,24 +115,18 @@ class _BudgetSpent:
 
 class ReplyClient:
     def __init__(self, settings: Settings, metrics: WorkerMetrics | None = None,
-                 session: aiohttp.ClientSession | None = None,
                  limiter: RateLimiter | None = None, user_agent: str | None = None) -> None:
         self.settings = settings
         self.metrics = metrics
         # Outbound rate limit per app (the API base names it) and per receiver.
         self.limiter = limiter or make_limiter(settings, metrics)
-        self._own_session = session is None
-        self.session = session or aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=settings.reply_timeout),
-            connector=aiohttp.TCPConnector(limit=max(100, settings.concurrency * 2)),
-            json_serialize=lambda obj: orjson.dumps(obj).decode(),
-        )
-        self.headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if settings.cometchat_api_key:
-            self.headers["apikey"] = settings.cometchat_api_key
-        if user_agent:
-            # Names the sending worker in the API provider's logs (and in the fake's record).
-            self.headers["User-Agent"] = user_agent
+            headers["apikey"] = settings.cometchat_api_key
+        # Names the sending worker in the API provider's logs (and in the fake's record).
+        headers["User-Agent"] = user_agent or "botrelay-worker"
+        self.http = HttpPool(limit=max(100, settings.concurrency * 2),
+                             connect_timeout=settings.reply_timeout, headers=headers)
         self._wait = _Wait()
 
     def url(self, app_id: str, region: str | None, bot: str) -> str:
@@ -178,26 +171,25 @@ class ReplyClient:
         started = time.perf_counter()
         status = "error"
         try:
-            async with self.session.post(url, data=payload, headers=self.headers) as resp:
-                status = str(resp.status)
-                raw = await resp.read()
-                if 200 <= resp.status < 300:
-                    return _data(raw)
-                detail = _detail(raw)
-                if resp.status in _RETRY_STATUSES or resp.status >= 500:
-                    retry_after = retry_after_seconds(resp.headers)
-                    if resp.status == 429 and self.limiter is not None:
-                        await self.limiter.slow_down(_app_of(url), retry_after)
-                    raise ReplyFailed(resp.status, detail, retry_after)
-                raise ReplyRejected(resp.status, detail)
+            async with asyncio.timeout(self.settings.reply_timeout):
+                resp = await self.http.post(url, payload)
+            status = str(resp.status)
+            if 200 <= resp.status < 300:
+                return _data(resp.body)
+            detail = _detail(resp.body)
+            if resp.status in _RETRY_STATUSES or resp.status >= 500:
+                retry_after = retry_after_seconds(resp.headers)
+                if resp.status == 429 and self.limiter is not None:
+                    await self.limiter.slow_down(_app_of(url), retry_after)
+                raise ReplyFailed(resp.status, detail, retry_after)
+            raise ReplyRejected(resp.status, detail)
         finally:
             if self.metrics is not None:
                 self.metrics.reply_requests.labels(status).inc()
                 self.metrics.reply_seconds.observe(time.perf_counter() - started)
 
     async def close(self) -> None:
-        if self._own_session:
-            await self.session.close()
+        await self.http.close()
         if self.limiter is not None:
             await self.limiter.close()
 
