@@ -17,10 +17,10 @@ import asyncio
 import contextlib
 import logging
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
-from aio_pika.abc import AbstractQueue
+from aio_pika.abc import AbstractRobustChannel
 from aiohttp import web
 
 from shared import topology
@@ -40,6 +40,7 @@ from worker.partitions import (
 from worker.rate_limit import make_limiter
 from worker.reply_client import ReplyClient
 from worker.retry import Mover
+from worker.subscriptions import Subscriptions
 
 log = logging.getLogger("botrelay.worker")
 
@@ -63,13 +64,12 @@ class Worker:
             user_agent=f"botrelay-worker/{self.id}")
         self.consumer = Consumer(settings, bot, self.dedup, self.replies,
                                  Mover(settings, self.broker), self.metrics)
-        self._queue: AbstractQueue | None = None
-        self._consumer_tag: str | None = None
+        self.subscriptions: Subscriptions | None = None
+        self._inbound = topology.inbound_queue(settings.prefix)
         self._stopped = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._metrics_runner: web.AppRunner | None = None
         self.partitions: PartitionManager | None = None
-        self._partition_queues: dict[str, AbstractQueue] = {}
         self._redis: aioredis.Redis | None = None
         self.metrics_port: int | None = None  # the bound port, once serving
         self.depth_interval = DEPTH_INTERVAL
@@ -86,11 +86,11 @@ class Worker:
         await self.broker.start(wait=True)
         channel = self.broker.channel
         assert channel is not None
-        await channel.set_qos(prefetch_count=self.settings.concurrency)
-        # Take the handle topology.declare made on this robust channel: only queues it tracks
-        # get their consumers back after a reconnect (a get_queue(ensure=False) handle does not).
-        self._queue = await channel.get_queue(topology.inbound_queue(self.settings.prefix))
-        self._consumer_tag = await self._queue.consume(self.consumer.on_delivery)
+        # BrokerLink's channels come from connect_robust: robust channels, which reopen.
+        self.subscriptions = Subscriptions(cast(AbstractRobustChannel, channel),
+                                           self.consumer.on_delivery)
+        self._inbound = topology.inbound_queue(self.settings.prefix)
+        await self.subscriptions.add(self._inbound, self.settings.concurrency)
         if self.settings.ordering == "conversation":
             self.partitions = PartitionManager(self.settings, self._leases(),
                                                self.consumer.on_delivery,
@@ -99,8 +99,7 @@ class Worker:
             self._tasks.append(asyncio.create_task(self.partitions.run(), name="partitions"))
         self._tasks.append(asyncio.create_task(self._sample_depths(), name="queue-depths"))
         log.info("worker %s consuming %s (concurrency %d, ordering %s)", self.id,
-                 topology.inbound_queue(self.settings.prefix), self.settings.concurrency,
-                 self.settings.ordering)
+                 self._inbound, self.settings.concurrency, self.settings.ordering)
 
     def _leases(self) -> Leases:
         if not self.settings.redis_url:
@@ -114,20 +113,12 @@ class Worker:
         return RedisLeases(self._redis, self.settings.prefix, self.id)
 
     async def _subscribe(self, name: str, prefetch: int, callback: Any) -> str:
-        channel = self.broker.channel
-        assert channel is not None
-        # Quorum queues apply prefetch per consumer: set it before each subscription.
-        await channel.set_qos(prefetch_count=prefetch)
-        queue = await channel.get_queue(name)  # the tracked handle, as above
-        tag = await queue.consume(callback)
-        self._partition_queues[tag] = queue
-        return tag
+        assert self.subscriptions is not None
+        return await self.subscriptions.add(name, prefetch, callback)
 
     async def _unsubscribe(self, name: str, tag: str) -> None:
-        queue = self._partition_queues.pop(tag, None)
-        if queue is not None:
-            with contextlib.suppress(Exception):
-                await queue.cancel(tag)
+        if self.subscriptions is not None:
+            await self.subscriptions.remove(name)
 
     async def serve_metrics(self, port: int, host: str = "0.0.0.0") -> None:
         app = web.Application()
@@ -192,9 +183,8 @@ class Worker:
         if self._stopped.is_set():
             return
         self._stopped.set()
-        if self._queue is not None and self._consumer_tag is not None:
-            with contextlib.suppress(Exception):
-                await self._queue.cancel(self._consumer_tag)
+        if self.subscriptions is not None:
+            await self.subscriptions.remove(self._inbound)
         if self.partitions is not None:
             # Stop rebalancing first, then hand every partition back once its deliveries are
             # settled, so the next owner starts right after the last message this one took.
@@ -216,6 +206,11 @@ class Worker:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        await self._close_clients()
+
+    async def _close_clients(self) -> None:
+        if self.subscriptions is not None:
+            self.subscriptions.close()
         await self.broker.close()
         if self._redis is not None:
             with contextlib.suppress(Exception):
