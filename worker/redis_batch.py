@@ -187,16 +187,22 @@ def _pack(commands: list[tuple[Any, ...]]) -> bytes:
     """RESP for these commands (``Connection.pack_commands`` does the same, at several times the
     cost per argument). Arguments are str, bytes, int or float, as the scripts here pass."""
     out: list[bytes] = []
+    append = out.append
     for command in commands:
-        out.append(b"*%d\r\n" % len(command))
+        append(b"*%d\r\n" % len(command))
         for arg in command:
-            if isinstance(arg, str):
+            kind = type(arg)
+            if kind is str:
                 raw = arg.encode()
-            elif isinstance(arg, bytes):
+            elif kind is int:
+                raw = b"%d" % arg
+            elif kind is bytes:
                 raw = arg
-            elif isinstance(arg, int | float) and not isinstance(arg, bool):
+            elif kind is float:
                 raw = repr(arg).encode()
             else:
-                raise TypeError(f"cannot send a {type(arg).__name__} to Redis")
-            out.append(b"$%d\r\n%b\r\n" % (len(raw), raw))
+                raise TypeError(f"cannot send a {kind.__name__} to Redis")
+            append(b"$%d\r\n" % len(raw))
+            append(raw)
+            append(b"\r\n")
     return b"".join(out)
