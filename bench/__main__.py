@@ -66,10 +66,11 @@ def plan(args: argparse.Namespace, logdir: Path) -> tuple[list[Step], list[str]]
             "redis", count=count, timeout=drain_timeout, logdir=logdir,
             ordering="conversation", scenario="ordering")))
     if want("e2e"):
-        steps.append(("e2e 500/s", lambda: e2e_bench.run(500, duration, workers=1,
-                                                         logdir=logdir)))
-        steps.append(("e2e 2000/s", lambda: e2e_bench.run(2000, duration, workers=2,
-                                                          logdir=logdir)))
+        for rate, workers in ((500, 1), (2000, 2)):
+            for who in ("baseline", "botrelay"):
+                steps.append((f"e2e {rate}/s {who}", lambda rate=rate, workers=workers, who=who:
+                              e2e_bench.run(rate, duration, workers=workers, logdir=logdir,
+                                            contender=who)))
     return steps, skipped
 
 
