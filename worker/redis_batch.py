@@ -1,19 +1,22 @@
-"""Auto-pipelining of Redis script calls: the calls made while the previous batch was on its way
-go out together, in one write and one round trip, instead of one round trip each (what ioredis and
-node-redis call auto-pipelining).
+"""Auto-pipelining of Redis script calls: the calls made in one turn of the event loop go out
+together, in one write, instead of one round trip each (what ioredis and node-redis call
+auto-pipelining).
 
 A worker holding 64 deliveries makes its dedup claims, rate-limit reservations and done marks in
 bursts. One ``ScriptBatcher`` per Redis client (``ScriptBatcher.of``) serves them all, so the
-dedup store and the rate limiter share batches. It owns one connection and one flusher task:
-per batch that is one write, one read per reply and one deadline (the client's
-``socket_timeout``), where a pooled ``Pipeline`` would also take and return a pool connection,
-start a task for the write and a timer for each read.
+dedup store and the rate limiter share batches. It owns one connection, a writer and a reader:
+a batch is written as soon as it is made, without waiting for the replies of the one before
+(they come back in order, and the reader hands each caller its own). Per batch that is one
+write, one read per reply and one deadline (the client's ``socket_timeout``), where a pooled
+``Pipeline`` would also take and return a pool connection, start a task for the write and a
+timer for each read.
 
 Each caller still gets its own result or its own exception, exactly as from a direct call: a
-connection error or the deadline reaches every caller of that batch, so ``DedupUnavailable`` and
-the rate limiter's fallback behave as before. A connection found dead is replaced and the batch
-sent once more, as the client's own retry would. Scripts run by SHA (``EVALSHA``); after a Redis
-restart has emptied its script cache, the batch loads them again and retries once.
+connection error or the deadline reaches every caller of the batches in flight, so
+``DedupUnavailable`` and the rate limiter's fallback behave as before. A batch that met a dead
+connection is sent once more on a new one, as the client's own retry would. Scripts run by SHA
+(``EVALSHA``); after a Redis restart has emptied its script cache, the calls that got NOSCRIPT
+load their script and go again.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ import asyncio
 import contextlib
 import hashlib
 import weakref
+from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -33,6 +38,9 @@ _RETRY_ONCE = (redis.exceptions.ConnectionError, ConnectionError)
 
 # Commands per pipeline: a burst larger than this goes out as several pipelines.
 MAX_BATCH = 256
+
+# Batches written and not yet answered, at most: past this, new calls wait and batch up.
+MAX_IN_FLIGHT = 16
 
 # A batch's deadline when the client sets no socket_timeout.
 DEFAULT_TIMEOUT = 5.0
@@ -51,6 +59,13 @@ class BatchedScript:
         return await self.batcher.call(self, keys, args)
 
 
+@dataclass(slots=True, eq=False)  # compared by identity
+class _Batch:
+    calls: list[_Call]
+    connection: Any  # the connection it was written to
+    attempt: int
+
+
 class ScriptBatcher:
     _shared: weakref.WeakKeyDictionary[aioredis.Redis, ScriptBatcher] = (
         weakref.WeakKeyDictionary())
@@ -60,14 +75,18 @@ class ScriptBatcher:
         pool = client.connection_pool
         kwargs = dict(pool.connection_kwargs)
         self.timeout = float(kwargs.get("socket_timeout") or DEFAULT_TIMEOUT)
-        kwargs["socket_timeout"] = None  # the batch's one deadline replaces per-call timers
+        kwargs["socket_timeout"] = None  # one deadline per batch replaces per-call timers
         self._connect_kwargs = kwargs
         self._connection_class = pool.connection_class
         self._connection: Any = None
-        self._pending: list[_Call] = []
-        self._wakeup: asyncio.Future[None] | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._idle = asyncio.Event()  # set while the flusher has nothing to do
+        self._pending: list[tuple[_Call, int]] = []  # (call, attempt)
+        self._in_flight: deque[_Batch] = deque()
+        self._writer_wakeup: asyncio.Future[None] | None = None
+        self._reader_wakeup: asyncio.Future[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._reloads: set[asyncio.Task[None]] = set()
+        self._quiet = asyncio.Event()  # nothing pending, nothing in flight
 
     @classmethod
     def of(cls, client: aioredis.Redis) -> ScriptBatcher:
@@ -83,37 +102,37 @@ class ScriptBatcher:
     def call(self, script: BatchedScript, keys: Sequence[Any], args: Sequence[Any]
              ) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append((script, keys, args, future))
-        self._idle.clear()
-        if self._task is None or self._task.done():
-            self._task = asyncio.ensure_future(self._flush_forever())
-        elif self._wakeup is not None and not self._wakeup.done():
-            self._wakeup.set_result(None)
+        self._queue([((script, keys, args, future), 1)])
         return future
 
-    async def _flush_forever(self) -> None:
+    def _queue(self, calls: list[tuple[_Call, int]]) -> None:
+        self._pending += calls
+        self._quiet.clear()
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.ensure_future(self._write_forever())
+        else:
+            _wake(self._writer_wakeup)
+
+    async def _write_forever(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            if not self._pending:
-                self._idle.set()
-                self._wakeup = loop.create_future()
-                await self._wakeup
-                self._wakeup = None
-            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-            await self._execute(batch)
+            if not self._pending or len(self._in_flight) >= MAX_IN_FLIGHT:
+                self._check_quiet()
+                self._writer_wakeup = loop.create_future()
+                await self._writer_wakeup
+                self._writer_wakeup = None
+                continue
+            head, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+            by_attempt: dict[int, list[_Call]] = {}
+            for call, attempt in head:
+                if not call[3].done():  # its caller may have given up meanwhile
+                    by_attempt.setdefault(attempt, []).append(call)
+            for attempt, calls in by_attempt.items():
+                await self._write(calls, attempt)
 
-    async def _run(self, calls: Sequence[_Call]) -> list[Any]:
+    async def _write(self, calls: list[_Call], attempt: int) -> None:
         commands = [("EVALSHA", script.sha, len(keys), *keys, *args)
                     for script, keys, args, _ in calls]
-        for attempt in (1, 2):
-            try:
-                return await self._round_trip(commands)
-            except _RETRY_ONCE:
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
-
-    async def _round_trip(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         connection = self._connection
         try:
             async with asyncio.timeout(self.timeout):
@@ -122,65 +141,136 @@ class ScriptBatcher:
                     await connection.connect()  # type: ignore[no-untyped-call]
                     self._connection = connection
                 await connection.send_packed_command(_pack(commands), check_health=False)
-                results: list[Any] = []
-                for _ in commands:
-                    try:
-                        results.append(await connection.read_response())
-                    except redis.exceptions.ResponseError as exc:  # this call's own error
-                        results.append(exc)
-                return results
-        except BaseException:
-            # Replies may be left unread on it: never use this connection again.
-            self._connection = None
-            if connection is not None:
-                with contextlib.suppress(Exception):
-                    await connection.disconnect(nowait=True)
-            raise
-
-    async def _execute(self, calls: list[_Call]) -> None:
-        try:
-            results = await self._run(calls)
-            missing = [i for i, r in enumerate(results) if isinstance(r, _NO_SCRIPT)]
-            if missing:
-                for source in {calls[i][0].source for i in missing}:
-                    await self.client.script_load(source)
-                again = await self._run([calls[i] for i in missing])
-                for i, result in zip(missing, again, strict=True):
-                    results[i] = result
-        except BaseException as exc:
-            for *_, future in calls:
-                if future.done():
-                    continue
-                if isinstance(exc, asyncio.CancelledError):
-                    future.cancel()
-                else:
-                    future.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
+        except Exception as exc:
+            self._broken(connection, exc)
+            self._retry_or_fail(calls, attempt, exc)
             return
-        for (*_, future), result in zip(calls, results, strict=True):
+        self._in_flight.append(_Batch(calls, connection, attempt))
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.ensure_future(self._read_forever())
+        else:
+            _wake(self._reader_wakeup)
+
+    async def _read_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._in_flight:
+                self._reader_wakeup = loop.create_future()
+                await self._reader_wakeup
+                self._reader_wakeup = None
+                continue
+            batch = self._in_flight[0]
+            if batch.connection is not self._connection:  # written to one that broke since
+                self._in_flight.popleft()
+                self._retry_or_fail(batch.calls, batch.attempt,
+                                    redis.exceptions.ConnectionError("connection lost"))
+                continue
+            try:
+                async with asyncio.timeout(self.timeout):
+                    results: list[Any] = []
+                    for _ in batch.calls:
+                        try:
+                            results.append(await batch.connection.read_response())
+                        except redis.exceptions.ResponseError as exc:  # this call's own error
+                            results.append(exc)
+            except Exception as exc:
+                # Every batch written to this connection goes with it, with this error.
+                self._broken(batch.connection, exc)
+                for lost in [b for b in self._in_flight if b.connection is batch.connection]:
+                    self._in_flight.remove(lost)
+                    self._retry_or_fail(lost.calls, lost.attempt, exc)
+                _wake(self._writer_wakeup)
+                continue
+            self._in_flight.popleft()
+            _wake(self._writer_wakeup)  # room for another batch in flight
+            self._settle(batch.calls, results)
+            self._check_quiet()
+
+    def _settle(self, calls: list[_Call], results: list[Any]) -> None:
+        missing: list[_Call] = []
+        for call, result in zip(calls, results, strict=True):
+            future = call[3]
             if future.done():  # its caller was cancelled meanwhile
                 continue
-            if isinstance(result, Exception):
+            if isinstance(result, _NO_SCRIPT):
+                missing.append(call)
+            elif isinstance(result, Exception):
                 future.set_exception(result)
             else:
                 future.set_result(result)
+        if missing:
+            task = asyncio.ensure_future(self._reload(missing))
+            self._reloads.add(task)
+            task.add_done_callback(self._reload_done)
+
+    def _reload_done(self, task: asyncio.Task[None]) -> None:
+        self._reloads.discard(task)
+        self._check_quiet()
+
+    async def _reload(self, calls: list[_Call]) -> None:
+        """Redis lost its script cache (a restart): load the scripts, then send the calls
+        again, once."""
+        try:
+            for source in {script.source for script, *_ in calls}:
+                await self.client.script_load(source)
+        except Exception as exc:
+            _fail(calls, exc)
+            return
+        self._queue([(call, 2) for call in calls])
+
+    def _check_quiet(self) -> None:
+        if not self._pending and not self._in_flight and not self._reloads:
+            self._quiet.set()
+
+    def _broken(self, connection: Any, exc: BaseException) -> None:
+        """``connection`` failed: never use it again (replies may be left unread on it)."""
+        if connection is not None and connection is self._connection:
+            self._connection = None
+            task = asyncio.ensure_future(_disconnect(connection))
+            self._reloads.add(task)
+            task.add_done_callback(self._reload_done)
+
+    def _retry_or_fail(self, calls: list[_Call], attempt: int, exc: BaseException) -> None:
+        if attempt == 1 and isinstance(exc, _RETRY_ONCE):
+            self._queue([(call, 2) for call in calls])
+        else:
+            _fail(calls, exc)
 
     async def close(self) -> None:
         """Let the calls already made finish (their callers are waiting), then disconnect."""
-        if self._task is not None:
-            if not self._task.done():
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._idle.wait(), self.timeout)
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-            self._task = None
+        if self._pending or self._in_flight or self._reloads:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._quiet.wait(), self.timeout)
+        for task in (self._writer, self._reader, *self._reloads):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._writer = self._reader = None
+        _fail([call for call, _ in self._pending], ConnectionError("batcher closed"))
+        for batch in self._in_flight:
+            _fail(batch.calls, ConnectionError("batcher closed"))
+        self._pending, self._in_flight = [], deque()
         if self._connection is not None:
-            with contextlib.suppress(Exception):
-                await self._connection.disconnect()
+            await _disconnect(self._connection)
             self._connection = None
         self._shared.pop(self.client, None)
+
+
+def _wake(waiter: asyncio.Future[None] | None) -> None:
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
+
+
+def _fail(calls: list[_Call], exc: BaseException) -> None:
+    for *_, future in calls:
+        if not future.done():
+            future.set_exception(exc)
+
+
+async def _disconnect(connection: Any) -> None:
+    with contextlib.suppress(Exception):
+        await connection.disconnect(nowait=True)
 
 
 def _pack(commands: list[tuple[Any, ...]]) -> bytes:

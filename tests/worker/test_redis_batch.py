@@ -22,21 +22,21 @@ async def test_calls_in_one_turn_share_a_pipeline_and_get_their_own_results(redi
     # A script Redis has never seen: the first batch must load it itself (NOSCRIPT).
     incr, fail = batcher.script(f"{_INCR} -- {prefix}"), batcher.script(_FAIL)
     pipelines = 0
-    run = batcher._run
+    write = batcher._write
 
-    async def counting(calls):  # type: ignore[no-untyped-def]
+    async def counting(calls, attempt):  # type: ignore[no-untyped-def]
         nonlocal pipelines
         pipelines += 1
-        return await run(calls)
+        return await write(calls, attempt)
 
-    batcher._run = counting  # type: ignore[method-assign]
+    batcher._write = counting  # type: ignore[method-assign]
     try:
         results = await asyncio.gather(*(incr(keys=[f"{prefix}:n"], args=[1]) for _ in range(50)),
                                        fail(keys=[], args=["x"]), return_exceptions=True)
         assert sorted(results[:50]) == list(range(1, 51))  # type: ignore[type-var]
         assert isinstance(results[50], redis.exceptions.ResponseError)
         assert "NOPE x" in str(results[50])
-        assert pipelines == 2  # the batch, then its retry after loading the scripts
+        assert pipelines == 2  # the batch, then the calls that got NOSCRIPT, once loaded
         assert await incr(keys=[f"{prefix}:n"], args=[5]) == 55
     finally:
         await client.delete(f"{prefix}:n")
@@ -53,4 +53,56 @@ async def test_a_connection_error_reaches_every_caller(prefix):
                                        return_exceptions=True)
         assert all(isinstance(r, redis.exceptions.ConnectionError | OSError) for r in results)
     finally:
+        await client.aclose()
+
+
+async def test_batches_are_written_without_waiting_for_the_replies_before(redis_url, prefix):
+    client = aioredis.Redis.from_url(redis_url)
+    pauser = aioredis.Redis.from_url(redis_url)
+    batcher = ScriptBatcher(client)
+    incr = batcher.script(_INCR)
+    try:
+        await incr(keys=[f"{prefix}:n"], args=[0])  # loads the script, opens the connection
+        await pauser.execute_command("CLIENT", "PAUSE", "300")  # Redis holds every answer
+        first = asyncio.ensure_future(incr(keys=[f"{prefix}:n"], args=[1]))
+        await asyncio.sleep(0.05)
+        second = asyncio.ensure_future(incr(keys=[f"{prefix}:n"], args=[1]))
+        await asyncio.sleep(0.05)
+        # Both batches are out, the second written while the first had no answer yet.
+        assert len(batcher._in_flight) == 2
+        assert sorted(await asyncio.wait_for(asyncio.gather(first, second), 5)) == [1, 2]
+    finally:
+        await client.delete(f"{prefix}:n")
+        await batcher.close()
+        await client.aclose()
+        await pauser.aclose()
+
+
+async def test_a_reply_that_never_comes_fails_the_batches_in_flight(prefix):
+    """A server that accepts the connection and answers nothing: the deadline fails every
+    caller, and nothing is retried on a timeout."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+        await reader.read(1 << 16)
+        await asyncio.sleep(10)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = aioredis.Redis.from_url(f"redis://127.0.0.1:{port}/0", socket_timeout=0.3,
+                                     socket_connect_timeout=0.3)
+    batcher = ScriptBatcher(client)
+    incr = batcher.script(_INCR)
+    try:
+        results = await asyncio.wait_for(asyncio.gather(
+            *(incr(keys=[f"{prefix}:n"], args=[1]) for _ in range(3)),
+            return_exceptions=True), 5)
+        assert all(isinstance(r, TimeoutError) for r in results), results
+        assert len(accepted) == 1  # not retried
+    finally:
+        server.close()
+        for writer in accepted:
+            writer.close()
+        await batcher.close()
         await client.aclose()
