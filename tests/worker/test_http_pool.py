@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
+import ssl
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -217,5 +220,45 @@ def test_an_idle_connection_the_server_closed_is_not_reused(run):
                 await asyncio.sleep(0.05)  # the close reaches the pool while the connection is idle
             assert raw.connections == 3
             await pool.close()
+
+    run(scenario())
+
+
+def test_https_with_a_verified_certificate(run, tmp_path):
+    """The reply API is HTTPS in production: the server's certificate is checked against the
+    context's CAs (the system's by default) and the host name."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+
+    async def scenario() -> None:
+        server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        server_side.load_cert_chain(cert, key)
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            await reader.readexactly(2)
+            writer.write(ok())
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_side)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            trusted = ssl.create_default_context(cafile=str(cert))
+            pool = HttpPool(ssl_context=trusted)
+            response = await pool.post(f"https://localhost:{port}/v3/bots/b/messages", b"{}")
+            assert response.status == 200
+            await pool.close()
+            # The system's CAs do not know this certificate: refused, as a connection error.
+            strict = HttpPool()
+            with pytest.raises(HttpConnectionError):
+                await strict.post(f"https://localhost:{port}/v3/bots/b/messages", b"{}")
+            await strict.close()
+        finally:
+            server.close()
 
     run(scenario())
