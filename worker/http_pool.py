@@ -8,7 +8,8 @@ answer parsed by httptools (the llhttp binding uvicorn uses) straight off the so
 
 What it does: HTTP and HTTPS (the system's CAs, as aiohttp's default), ``Content-Length`` or
 chunked answers, keep-alive with at most ``limit`` connections per origin (callers beyond that
-wait for one), and a connection that answered ``Connection: close``, was cut, or was abandoned
+wait for one), idle ones closed after ``KEEPALIVE`` seconds or past ``MAX_IDLE`` over all
+origins, and a connection that answered ``Connection: close``, was cut, or was abandoned
 mid-answer is never reused. What it does not: redirects, proxies, cookies, compression, which
 the reply API does not use. Every failure is an ``HttpError``: ``HttpConnectionError`` (could
 not connect, or the connection went before a whole answer came) or ``HttpProtocolError`` (the
@@ -19,12 +20,19 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, cast
 from urllib.parse import urlsplit
 
 import httptools
+
+# Idle connections are closed after this long (aiohttp's default too): servers and load balancers
+# close theirs after a while, and a request sent just as they do fails and has to be retried.
+KEEPALIVE = 15.0
+# Idle connections kept over all origins: each app is an origin of its own.
+MAX_IDLE = 256
 
 
 class HttpError(Exception):
@@ -125,17 +133,22 @@ class _Connection(asyncio.Protocol):
 
 @dataclass
 class _Origin:
-    idle: deque[_Connection] = field(default_factory=deque)
+    idle: deque[tuple[_Connection, float]] = field(default_factory=deque)  # (conn, idle since)
     slots: asyncio.Semaphore | None = None
 
 
 class HttpPool:
     def __init__(self, *, limit: int = 100, connect_timeout: float = 5.0,
                  headers: dict[str, str] | None = None,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
-        """``headers``: sent with every request (Host, Content-Length and Connection are the
-        pool's own)."""
+                 ssl_context: ssl.SSLContext | None = None,
+                 keepalive: float = KEEPALIVE, max_idle: int = MAX_IDLE) -> None:
+        """``limit``: connections per origin. ``headers``: sent with every request (Host and
+        Content-Length are the pool's own). An idle connection is closed after ``keepalive``
+        seconds, and at most ``max_idle`` are kept over all origins (one per app adds up)."""
         self.limit = limit
+        self.keepalive = keepalive
+        self.max_idle = max_idle
+        self._idle_count = 0
         self.connect_timeout = connect_timeout
         self._ssl = ssl_context
         self._fixed = b"".join(f"{k}: {v}\r\n".encode("latin-1")
@@ -154,12 +167,15 @@ class HttpPool:
         assert origin.slots is not None
         async with origin.slots:
             connection = None
+            now = time.monotonic()
             while origin.idle:
-                candidate = origin.idle.pop()  # the most recently used: least likely timed out
-                if candidate.reusable():
+                # The most recently used: the least likely to be closed by the server.
+                candidate, since = origin.idle.pop()
+                self._idle_count -= 1
+                if candidate.reusable() and now - since < self.keepalive:
                     connection = candidate
                     break
-                self._open.discard(candidate)
+                self._drop(candidate)
             if connection is None:
                 connection = await self._connect(target.origin)
             answer: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
@@ -172,10 +188,28 @@ class HttpPool:
                 self._open.discard(connection)
                 raise
             if connection.reusable():
-                origin.idle.append(connection)
+                origin.idle.append((connection, time.monotonic()))
+                self._idle_count += 1
+                if self._idle_count > self.max_idle:
+                    self._evict()
             else:
                 self._open.discard(connection)
             return response
+
+    def _drop(self, connection: _Connection) -> None:
+        connection.close()
+        self._open.discard(connection)
+
+    def _evict(self) -> None:
+        """Over ``max_idle``: close the connection idle the longest, over all origins."""
+        oldest: _Origin | None = None
+        for origin in self._origins.values():
+            if origin.idle and (oldest is None or origin.idle[0][1] < oldest.idle[0][1]):
+                oldest = origin
+        if oldest is not None:
+            connection, _ = oldest.idle.popleft()
+            self._idle_count -= 1
+            self._drop(connection)
 
     def _target(self, url: str) -> _Target:
         parts = urlsplit(url)
@@ -218,4 +252,5 @@ class HttpPool:
             connection.close()
         self._open.clear()
         self._origins.clear()
+        self._idle_count = 0
         await asyncio.sleep(0)  # let the transports finish closing

@@ -262,3 +262,28 @@ def test_https_with_a_verified_certificate(run, tmp_path):
             server.close()
 
     run(scenario())
+
+
+def test_idle_connections_expire_and_are_capped_over_all_origins(run):
+    async def scenario() -> None:
+        async def reply(_: bytes) -> bytes:
+            return ok()
+
+        async with serve(reply) as first, serve(reply) as second:
+            # Past the keep-alive time an idle connection is closed, not reused.
+            pool = HttpPool(keepalive=0.05)
+            await pool.post(first.url, b"{}")
+            await asyncio.sleep(0.1)
+            await pool.post(first.url, b"{}")
+            assert first.connections == 2
+            await pool.close()
+            # One idle connection at most, over both origins: the older one goes.
+            pool = HttpPool(max_idle=1)
+            await pool.post(first.url, b"{}")
+            await pool.post(second.url, b"{}")
+            await pool.post(second.url, b"{}")  # reuses its own
+            await pool.post(first.url, b"{}")  # its idle one was closed to make room
+            assert (first.connections, second.connections) == (4, 1)
+            await pool.close()
+
+    run(scenario())
