@@ -215,7 +215,10 @@ class PartitionManager:
         self._members = members = await self.leases.heartbeat()
         me = self.leases.me
         wanted = {n for n, m in assign(self.settings.partitions, members).items() if m == me}
-        still_ours = await self.leases.renew(set(self.active))
+        # Partitions being handed over stay leased until their deliveries settle: a lease that
+        # lapsed meanwhile would let the next owner start a conversation's next message while
+        # this worker is still on the one before.
+        still_ours = await self.leases.renew(set(self.active) | self.releasing)
         for n in list(self.active):
             if n not in wanted or n not in still_ours:
                 self._start_release(n, lost=n not in still_ours)
@@ -225,19 +228,24 @@ class PartitionManager:
                 self.active[n] = await self.subscribe(queue, self._prefetch(), self._callback(n))
                 log.info("took partition %d", n, extra={"worker": me})
 
-    def _start_release(self, n: int, *, lost: bool) -> None:
+    def _start_release(self, n: int, *, lost: bool, settle: float | None = None) -> None:
+        """``settle``: how long to wait for the partition's deliveries; by default as long as
+        one may hold its dedup claim (``BOTRELAY_DEDUP_LEASE``), past which it could be
+        answered elsewhere anyway."""
         tag = self.active.pop(n)
         self.releasing.add(n)
-        task = asyncio.create_task(self._release(n, tag, lost=lost), name=f"release-{n}")
+        wait = self.settings.dedup_lease if settle is None else settle
+        task = asyncio.create_task(self._release(n, tag, lost=lost, settle=wait),
+                                   name=f"release-{n}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _release(self, n: int, tag: str, *, lost: bool) -> None:
+    async def _release(self, n: int, tag: str, *, lost: bool, settle: float) -> None:
         try:
             await self.cancel(topology.partition_queue(self.settings.prefix, n), tag)
             if self.in_flight.get(n):
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._settled[n].wait(), self.settings.shutdown_grace)
+                    await asyncio.wait_for(self._settled[n].wait(), settle)
             if not lost:
                 await self.leases.release(n)
             log.info("handed over partition %d", n)
@@ -252,11 +260,25 @@ class PartitionManager:
                 log.warning("partition rebalance failed: %s", exc)
             await asyncio.sleep(HEARTBEAT)
 
+    async def _keep_leased(self) -> None:
+        """While stopping (no more rebalances): keep renewing what is being handed over."""
+        while True:
+            with contextlib.suppress(Exception):
+                await self.leases.renew(set(self.releasing))
+            await asyncio.sleep(HEARTBEAT)
+
     async def stop(self) -> None:
         """Hand every partition back (after its deliveries settle) and leave the group."""
         for n in list(self.active):
-            self._start_release(n, lost=False)
+            # The worker cancels what is still running after its own grace: wait no longer.
+            self._start_release(n, lost=False, settle=self.settings.shutdown_grace)
         if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            keeper = asyncio.create_task(self._keep_leased(), name="keep-leased")
+            try:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+            finally:
+                keeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await keeper
         with contextlib.suppress(Exception):
             await self.leases.leave()
