@@ -30,6 +30,8 @@ from pamqp import commands as spec
 from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
+from shared.wakeup import Wakeup
+
 log = logging.getLogger("botrelay.broker")
 
 
@@ -53,7 +55,7 @@ class ConfirmBatcher:
 
     def __init__(self) -> None:
         self._pending: list[_Pending] = []
-        self._wakeup: asyncio.Future[None] | None = None
+        self._wakeup = Wakeup()
         self._task: asyncio.Task[None] | None = None
 
     async def publish(self, channel: Channel, exchange: str, routing_key: str, body: bytes,
@@ -69,8 +71,8 @@ class ConfirmBatcher:
         self._pending.append(_Pending(channel, exchange, routing_key, body, properties, future))
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._flush_forever(), name="confirm-batcher")
-        elif self._wakeup is not None and not self._wakeup.done():
-            self._wakeup.set_result(None)
+        else:
+            self._wakeup.set()
         return await future
 
     async def close(self) -> None:
@@ -82,12 +84,9 @@ class ConfirmBatcher:
         _fail(batch, ChannelClosed("publisher closed"))
 
     async def _flush_forever(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             if not self._pending:
-                self._wakeup = loop.create_future()
-                await self._wakeup
-                self._wakeup = None
+                await self._wakeup.wait()
             # Everything that arrived during the last loop turn (or the last write) goes at once.
             batch, self._pending = self._pending, []
             await self._flush(batch)

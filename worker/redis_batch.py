@@ -33,6 +33,8 @@ from typing import Any
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from shared.wakeup import Wakeup
+
 _NO_SCRIPT = redis.exceptions.NoScriptError
 _RETRY_ONCE = (redis.exceptions.ConnectionError, ConnectionError)
 
@@ -81,8 +83,8 @@ class ScriptBatcher:
         self._connection: Any = None
         self._pending: list[tuple[_Call, int]] = []  # (call, attempt)
         self._in_flight: deque[_Batch] = deque()
-        self._writer_wakeup: asyncio.Future[None] | None = None
-        self._reader_wakeup: asyncio.Future[None] | None = None
+        self._writer_wakeup = Wakeup()
+        self._reader_wakeup = Wakeup()
         self._writer: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[None] | None = None
         self._reloads: set[asyncio.Task[None]] = set()
@@ -111,16 +113,13 @@ class ScriptBatcher:
         if self._writer is None or self._writer.done():
             self._writer = asyncio.ensure_future(self._write_forever())
         else:
-            _wake(self._writer_wakeup)
+            self._writer_wakeup.set()
 
     async def _write_forever(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             if not self._pending or len(self._in_flight) >= MAX_IN_FLIGHT:
                 self._check_quiet()
-                self._writer_wakeup = loop.create_future()
-                await self._writer_wakeup
-                self._writer_wakeup = None
+                await self._writer_wakeup.wait()
                 continue
             head, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
             by_attempt: dict[int, list[_Call]] = {}
@@ -149,15 +148,12 @@ class ScriptBatcher:
         if self._reader is None or self._reader.done():
             self._reader = asyncio.ensure_future(self._read_forever())
         else:
-            _wake(self._reader_wakeup)
+            self._reader_wakeup.set()
 
     async def _read_forever(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             if not self._in_flight:
-                self._reader_wakeup = loop.create_future()
-                await self._reader_wakeup
-                self._reader_wakeup = None
+                await self._reader_wakeup.wait()
                 continue
             batch = self._in_flight[0]
             if batch.connection is not self._connection:  # written to one that broke since
@@ -179,10 +175,10 @@ class ScriptBatcher:
                 for lost in [b for b in self._in_flight if b.connection is batch.connection]:
                     self._in_flight.remove(lost)
                     self._retry_or_fail(lost.calls, lost.attempt, exc)
-                _wake(self._writer_wakeup)
+                self._writer_wakeup.set()
                 continue
             self._in_flight.popleft()
-            _wake(self._writer_wakeup)  # room for another batch in flight
+            self._writer_wakeup.set()  # room for another batch in flight
             self._settle(batch.calls, results)
             self._check_quiet()
 
@@ -255,11 +251,6 @@ class ScriptBatcher:
             await _disconnect(self._connection)
             self._connection = None
         self._shared.pop(self.client, None)
-
-
-def _wake(waiter: asyncio.Future[None] | None) -> None:
-    if waiter is not None and not waiter.done():
-        waiter.set_result(None)
 
 
 def _fail(calls: list[_Call], exc: BaseException) -> None:
