@@ -87,7 +87,8 @@ class ScriptBatcher:
         self._reader_wakeup = Wakeup()
         self._writer: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[None] | None = None
-        self._reloads: set[asyncio.Task[None]] = set()
+        # Script reloads and disconnects of broken connections, running beside the loops.
+        self._side_tasks: set[asyncio.Task[None]] = set()
         self._quiet = asyncio.Event()  # nothing pending, nothing in flight
 
     @classmethod
@@ -196,11 +197,11 @@ class ScriptBatcher:
                 future.set_result(result)
         if missing:
             task = asyncio.ensure_future(self._reload(missing))
-            self._reloads.add(task)
-            task.add_done_callback(self._reload_done)
+            self._side_tasks.add(task)
+            task.add_done_callback(self._side_task_done)
 
-    def _reload_done(self, task: asyncio.Task[None]) -> None:
-        self._reloads.discard(task)
+    def _side_task_done(self, task: asyncio.Task[None]) -> None:
+        self._side_tasks.discard(task)
         self._check_quiet()
 
     async def _reload(self, calls: list[_Call]) -> None:
@@ -215,7 +216,7 @@ class ScriptBatcher:
         self._queue([(call, 2) for call in calls])
 
     def _check_quiet(self) -> None:
-        if not self._pending and not self._in_flight and not self._reloads:
+        if not self._pending and not self._in_flight and not self._side_tasks:
             self._quiet.set()
 
     def _broken(self, connection: Any, exc: BaseException) -> None:
@@ -223,8 +224,8 @@ class ScriptBatcher:
         if connection is not None and connection is self._connection:
             self._connection = None
             task = asyncio.ensure_future(_disconnect(connection))
-            self._reloads.add(task)
-            task.add_done_callback(self._reload_done)
+            self._side_tasks.add(task)
+            task.add_done_callback(self._side_task_done)
 
     def _retry_or_fail(self, calls: list[_Call], attempt: int, exc: BaseException) -> None:
         if attempt == 1 and isinstance(exc, _RETRY_ONCE):
@@ -234,10 +235,10 @@ class ScriptBatcher:
 
     async def close(self) -> None:
         """Let the calls already made finish (their callers are waiting), then disconnect."""
-        if self._pending or self._in_flight or self._reloads:
+        if self._pending or self._in_flight or self._side_tasks:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._quiet.wait(), self.timeout)
-        for task in (self._writer, self._reader, *self._reloads):
+        for task in (self._writer, self._reader, *self._side_tasks):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
