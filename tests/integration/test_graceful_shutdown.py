@@ -59,7 +59,9 @@ async def test_sigterm_finishes_deliveries_in_flight_within_the_grace(
                                       tmp_path, grace=10.0, handler_seconds=1.5)
     assert code == 0
     assert before == HELD  # what it held was answered before it exited, nothing more
-    assert 0.5 < took < 10.0  # it waited for its handlers, not for the whole grace
+    # It waited for its 1.5 s handlers (started about 0.5 s before the SIGTERM), not for the
+    # whole 10 s grace.
+    assert 0.5 < took < 1.5 + 1.5, f"handlers of 1.5 s, exited after {took:.2f} s"
 
 
 async def test_sigterm_returns_what_outlives_the_grace_unacked(
@@ -68,7 +70,10 @@ async def test_sigterm_returns_what_outlives_the_grace_unacked(
                                          tmp_path, grace=1.0, handler_seconds=4.0)
     assert code == 0
     assert before == 0  # nothing finished within the grace ...
-    assert took < 4.0  # ... and it did not wait for the handlers
+    # It waited out the grace, then stopped: the 4 s handlers did not hold it up. The 1.5 s over
+    # the grace is the exit itself (cancelling the handlers, closing the broker and Redis links,
+    # interpreter teardown: about 1 s measured on this machine).
+    assert 1.0 <= took < 1.0 + 1.5, f"grace 1.0 s, exited after {took:.2f} s"
     # The stopped worker released its claims: the next one did not wait out the 15 s lease
     # (it answers the 2 x HELD messages, HELD at a time, in 2 x 4 s).
     assert rest < 12.0

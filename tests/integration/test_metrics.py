@@ -46,6 +46,15 @@ async def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], floa
 
 
 def value(samples: dict, name: str, **labels: str) -> float:
+    """The sample's value; a sample the scrape does not hold fails the test (an absent metric
+    must not read as 0.0, or every ``== 0`` check would pass without it)."""
+    key = (name, tuple(sorted(labels.items())))
+    assert key in samples, f"no sample {name}{labels} in the scrape"
+    return samples[key]
+
+
+def value_or_zero(samples: dict, name: str, **labels: str) -> float:
+    """For polling only, while a counter may not have been created yet."""
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
@@ -89,8 +98,8 @@ async def test_ingress_and_worker_metrics_match_the_traffic(
 
         async def settled() -> bool:
             samples = await scrape(worker_url)
-            return (value(samples, "botrelay_deliveries_total", outcome="duplicate") == 1
-                    and value(samples, "botrelay_queue_messages", queue=dead) == 1)
+            return (value_or_zero(samples, "botrelay_deliveries_total", outcome="duplicate") == 1
+                    and value_or_zero(samples, "botrelay_queue_messages", queue=dead) == 1)
 
         for _ in range(100):
             if await settled():
