@@ -203,6 +203,23 @@ async def run_drain(settings: Settings, old_partitions: int, delete: bool) -> No
           f"(ordering {settings.ordering}, {settings.partitions} partitions)")
 
 
+async def run_console(settings: Settings, host: str, port: int) -> None:
+    from aiohttp import web
+
+    from worker.console.app import make_console
+    from worker.console.guard import check_auth_settings
+
+    check_auth_settings(settings)
+    runner = web.AppRunner(make_console(settings), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    log.info("console on http://%s:%d/", host, port)
+    try:
+        await _until_signal()
+    finally:
+        await runner.cleanup()
+
+
 # --- argument parsing -------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -236,6 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from-partitions", type=int, required=True, metavar="N",
                    help="the BOTRELAY_PARTITIONS in force before the change")
     p.add_argument("--delete", action="store_true", help="delete the emptied queues")
+
+    p = sub.add_parser("console", help="the operator's console: dead letters, queue depths")
+    p.add_argument("--host", dest="console_host", default="127.0.0.1")
+    p.add_argument("--port", dest="console_port", type=int, default=8090)
 
     dlq = sub.add_parser("dlq", help="inspect, replay and purge dead letters")
     dsub = dlq.add_subparsers(dest="dlq_command", required=True)
@@ -276,6 +297,8 @@ def _command(args: argparse.Namespace, settings: Settings) -> Coroutine[Any, Any
         config = {"fail_rate": args.fail_rate, "fail_status": args.fail_status,
                   "latency": args.latency, "rate_limit": args.rate_limit}
         return run_fake(args.port, args.host, config)
+    if args.command == "console":
+        return run_console(settings, args.console_host, args.console_port)
     if args.command == "drain":
         return run_drain(settings, args.from_partitions, args.delete)
     return run_dlq(settings, args)

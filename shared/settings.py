@@ -17,6 +17,7 @@ DEFAULT_API_BASE = "https://{appId}.api-{region}.cometchat.io/v3"
 
 LogFormat = Literal["json", "text"]
 Ordering = Literal["conversation", "none"]
+ConsoleAuth = Literal["basic", "none"]
 
 
 def _delays(raw: str) -> tuple[float, ...]:
@@ -153,6 +154,18 @@ class Settings:
         default=5.0, metadata=_env("BOTRELAY_BODY_TIMEOUT", _positive_float)
     )
 
+    # The operator's console (``botrelay console``): Basic auth it requires, unless
+    # BOTRELAY_CONSOLE_AUTH=none says it runs behind something that authenticates.
+    console_username: str | None = field(
+        default=None, metadata=_env("BOTRELAY_CONSOLE_USERNAME")
+    )
+    console_password: str | None = field(
+        default=None, repr=False, metadata=_env("BOTRELAY_CONSOLE_PASSWORD")
+    )
+    console_auth: ConsoleAuth = field(
+        default="basic", metadata=_env("BOTRELAY_CONSOLE_AUTH", _choice("basic", "none"))
+    )
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Settings from ``env`` (default ``os.environ``); ``overrides`` that are not None win."""
@@ -184,6 +197,10 @@ class Settings:
         if bool(self.callback_username) != bool(self.callback_password):
             raise SettingsError(
                 "set both BOTRELAY_CALLBACK_USERNAME and BOTRELAY_CALLBACK_PASSWORD, or neither"
+            )
+        if bool(self.console_username) != bool(self.console_password):
+            raise SettingsError(
+                "set both BOTRELAY_CONSOLE_USERNAME and BOTRELAY_CONSOLE_PASSWORD, or neither"
             )
         if self.dedup_lease <= self.handler_timeout + self.reply_budget:
             raise SettingsError(

@@ -71,6 +71,23 @@ def inbound_queues(settings: Settings) -> list[str]:
     return [inbound_queue(settings.prefix), *partition_queues(settings)]
 
 
+def inbound_key_of_queue(prefix: str, queue: str) -> str | None:
+    """The routing key that reaches inbound queue ``queue`` (``P.inbound`` or
+    ``P.inbound.<n>``), or None when ``queue`` is not one of this prefix's inbound queues."""
+    shared = inbound_queue(prefix)
+    if queue == shared:
+        return INBOUND_KEY
+    head, dot, tail = queue.rpartition(".")
+    if dot and head == shared and tail.isdigit():
+        return partition_key(int(tail))
+    return None
+
+
+def queue_of_inbound_key(prefix: str, key: str) -> str:
+    """The inbound queue a routing key (``inbound`` or ``inbound.<n>``) is bound to."""
+    return f"{prefix}.{key}"
+
+
 def exchange_name(prefix: str) -> str:
     return prefix
 

@@ -4,6 +4,11 @@ Messages are taken with ``basic.get`` and held unacked while we look at them, so
 replaying at once never move the same message twice: a message held by one is invisible to the
 other. What an operation does not take is returned to the queue when its channel closes. Each
 scan is bounded by the queue's length at its start.
+
+Reading changes nothing on the broker: the DLQ is looked up with a passive declare, and no other
+queue is declared. A replay returns a letter to the queue it failed from (its
+``x-botrelay-queue`` header) through ``worker.requeue``, whatever this process's own ordering
+settings, so it never lands in a partition queue no worker reads.
 """
 
 from __future__ import annotations
@@ -14,13 +19,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+import aiormq
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 
 from shared import topology
 from shared.broker import connect, make_message
+from shared.errors import PayloadError
 from shared.headers import ATTEMPT, CONVERSATION, ERROR, ERROR_KIND, FAILED_AT, QUEUE, REPLAYED
 from shared.headers import TRIGGER as TRIGGER_HEADER
+from shared.payloads import parse_body
 from shared.settings import Settings
+from worker.requeue import Destinations
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +42,10 @@ class DeadLetter:
     error_kind: str
     failed_at_ms: int
     queue: str
+    text: str = ""
+    app: str = ""
+    body: bytes = field(default=b"", repr=False)
+    headers: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def age_seconds(self) -> float:
@@ -43,7 +56,7 @@ class DeadLetter:
             "id": self.id, "trigger": self.trigger, "conversation": self.conversation,
             "attempts": self.attempts, "error": self.error, "error_kind": self.error_kind,
             "failed_at_ms": self.failed_at_ms, "age_seconds": round(self.age_seconds, 1),
-            "queue": self.queue,
+            "queue": self.queue, "text": self.text, "app": self.app,
         }
 
 
@@ -54,8 +67,20 @@ def _int(value: Any) -> int:
         return 0
 
 
+def _text_and_app(body: bytes) -> tuple[str, str]:
+    """The message text and app id, for people to recognise a letter by; empty when the body
+    is not a callback botrelay can parse (that may be why it is dead)."""
+    try:
+        callback = parse_body(body)
+    except (PayloadError, ValueError, TypeError):
+        return "", ""
+    text = callback.message.text if callback.message is not None else None
+    return text or "", callback.app_id
+
+
 def describe(delivery: AbstractIncomingMessage) -> DeadLetter:
     h = delivery.headers or {}
+    text, app = _text_and_app(delivery.body)
     return DeadLetter(
         id=delivery.message_id or "",
         trigger=str(h.get(TRIGGER_HEADER, "")),
@@ -65,6 +90,10 @@ def describe(delivery: AbstractIncomingMessage) -> DeadLetter:
         error_kind=str(h.get(ERROR_KIND, "")),
         failed_at_ms=_int(h.get(FAILED_AT)),
         queue=str(h.get(QUEUE, "")),
+        text=text,
+        app=app,
+        body=delivery.body,
+        headers=dict(h),
     )
 
 
@@ -76,6 +105,9 @@ class Selection:
     trigger: str | None = None
     error: str | None = None
     everything: bool = False
+    # The console's search: a substring of the text, id or conversation (case-insensitive).
+    query: str | None = None
+    kind: str | None = None  # "permanent" or "transient"
 
     def matches(self, letter: DeadLetter) -> bool:
         if self.ids and letter.id not in self.ids:
@@ -84,8 +116,15 @@ class Selection:
             return False
         if self.error is not None and self.error.lower() not in letter.error.lower():
             return False
-        return self.everything or bool(self.ids) or self.trigger is not None \
-            or self.error is not None
+        if self.kind is not None and letter.error_kind != self.kind:
+            return False
+        if self.query is not None:
+            wanted = self.query.lower()
+            if not any(wanted in value.lower()
+                       for value in (letter.text, letter.id, letter.conversation)):
+                return False
+        return self.everything or bool(self.ids) or any(
+            x is not None for x in (self.trigger, self.error, self.kind, self.query))
 
 
 @dataclass
@@ -95,7 +134,23 @@ class Report:
     seen: int = 0
 
 
-Action = Callable[[AbstractChannel, AbstractIncomingMessage], Awaitable[None]]
+Action = Callable[[AbstractConnection, AbstractChannel, AbstractIncomingMessage],
+                  Awaitable[None]]
+
+
+async def dead_count(settings: Settings) -> int | None:
+    """How many letters the DLQ holds (None: it does not exist yet), without taking any."""
+    connection = await connect(settings, "botrelay-dlq")
+    try:
+        channel = await connection.channel()
+        try:
+            queue = await channel.declare_queue(topology.dead_queue(settings.prefix),
+                                                passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return None
+        return queue.declaration_result.message_count or 0
+    finally:
+        await connection.close()
 
 
 async def _scan(settings: Settings, selection: Selection | None, limit: int | None,
@@ -105,8 +160,11 @@ async def _scan(settings: Settings, selection: Selection | None, limit: int | No
     report = Report()
     try:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        await topology.declare(channel, settings)
-        queue = await channel.declare_queue(topology.dead_queue(settings.prefix), passive=True)
+        try:
+            queue = await channel.declare_queue(topology.dead_queue(settings.prefix),
+                                                passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return report  # no DLQ yet: nothing has failed under this prefix
         total = queue.declaration_result.message_count or 0
         for _ in range(total):
             if limit is not None and len(report.matched) >= limit:
@@ -120,7 +178,7 @@ async def _scan(settings: Settings, selection: Selection | None, limit: int | No
                 continue  # stays unacked until the channel closes, then returns to the queue
             report.matched.append(letter)
             if action is not None:
-                await action(channel, delivery)
+                await action(connection, channel, delivery)
                 await delivery.ack()
                 report.moved += 1
         with contextlib.suppress(Exception):
@@ -130,33 +188,47 @@ async def _scan(settings: Settings, selection: Selection | None, limit: int | No
     return report
 
 
-async def list_letters(settings: Settings, limit: int | None = None) -> list[DeadLetter]:
-    return (await _scan(settings, None, limit, None)).matched
+async def list_letters(settings: Settings, limit: int | None = None,
+                       selection: Selection | None = None) -> list[DeadLetter]:
+    return (await _scan(settings, selection, limit, None)).matched
+
+
+async def get_letter(settings: Settings, letter_id: str) -> DeadLetter | None:
+    """One letter, payload and headers included; it stays in the DLQ."""
+    found = await list_letters(settings, 1, Selection(ids=frozenset({letter_id})))
+    return found[0] if found else None
 
 
 async def replay(settings: Settings, selection: Selection, *, limit: int | None = None,
                  dry_run: bool = False) -> Report:
-    """Publish the selected letters back to the inbound queue (confirm, then ack from the DLQ),
-    attempt count reset and ``x-botrelay-replayed`` set."""
+    """Publish the selected letters back to the queue each failed from (confirm, then ack from
+    the DLQ), attempt count reset and ``x-botrelay-replayed`` set."""
+    destinations: Destinations | None = None
 
-    async def move(channel: AbstractChannel, delivery: AbstractIncomingMessage) -> None:
+    async def move(connection: AbstractConnection, channel: AbstractChannel,
+                   delivery: AbstractIncomingMessage) -> None:
+        nonlocal destinations
+        if destinations is None:
+            destinations = Destinations(connection, settings.prefix)
+        origin = (delivery.headers or {}).get(QUEUE)
+        key = await destinations.key_for(str(origin) if origin else None)
         headers = {k: v for k, v in (delivery.headers or {}).items()
                    if k not in (ERROR, ERROR_KIND, FAILED_AT, QUEUE)}
         headers[ATTEMPT] = 1
         headers[REPLAYED] = int(time.time() * 1000)
         exchange = await channel.get_exchange(topology.exchange_name(settings.prefix),
                                               ensure=False)
-        conversation = str(headers.get(CONVERSATION) or "")
         await exchange.publish(
             make_message(delivery.body, message_id=delivery.message_id or "", headers=headers),
-            topology.inbound_key(settings, conversation), mandatory=True, timeout=10,
+            key, mandatory=True, timeout=10,
         )
 
     return await _scan(settings, selection, limit, None if dry_run else move)
 
 
 async def purge(settings: Settings, selection: Selection, *, dry_run: bool = False) -> Report:
-    async def drop(channel: AbstractChannel, delivery: AbstractIncomingMessage) -> None:
+    async def drop(connection: AbstractConnection, channel: AbstractChannel,
+                   delivery: AbstractIncomingMessage) -> None:
         return None
 
     return await _scan(settings, selection, None, None if dry_run else drop)

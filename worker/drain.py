@@ -5,6 +5,11 @@ After lowering ``BOTRELAY_PARTITIONS`` (say 32 -> 16) or switching ``BOTRELAY_OR
 drain --from-partitions 32`` moves what they still hold to where the current settings route it
 (by the ``x-botrelay-conversation`` header): publish with confirm, then ack. Nothing is lost; a
 crash in between leaves a copy in both places, which dedup absorbs.
+
+It declares nothing: a destination partition queue that does not exist on the broker, or that
+no worker consumes while the shared queue has consumers (the workers run another ordering than
+this process's settings say), is replaced by the shared ``P.inbound`` queue (``worker.requeue``),
+so a drain never strands what it moves.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from shared import topology
 from shared.broker import connect, make_message
 from shared.headers import CONVERSATION
 from shared.settings import Settings
+from worker.requeue import Destinations
 
 
 @dataclass
@@ -52,7 +58,9 @@ async def drain(settings: Settings, old_partitions: int, *, delete: bool = False
     connection = await connect(settings, "botrelay-drain")
     try:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        exchange = await topology.declare(channel, settings)
+        exchange = await channel.get_exchange(topology.exchange_name(settings.prefix),
+                                              ensure=False)
+        destinations = Destinations(connection, settings.prefix)
         for name in orphaned_queues(settings, old_partitions):
             probe = await connection.channel()
             try:
@@ -61,7 +69,8 @@ async def drain(settings: Settings, old_partitions: int, *, delete: bool = False
                 continue  # never existed, nothing to move
             with contextlib.suppress(Exception):
                 await probe.close()
-            report.moved[name] = await _move_all(channel, exchange, settings, name, idle)
+            report.moved[name] = await _move_all(channel, exchange, settings, destinations,
+                                                 name, idle)
             if delete and await _is_empty(connection, name):
                 # Quorum queues take no if-empty delete: checked just above instead.
                 await channel.queue_delete(name)
@@ -82,7 +91,7 @@ async def _is_empty(connection: AbstractConnection, name: str) -> bool:
 
 
 async def _move_all(channel: AbstractChannel, exchange: AbstractExchange, settings: Settings,
-                    name: str, idle: float) -> int:
+                    destinations: Destinations, name: str, idle: float) -> int:
     # Partition queues have single active consumer, which rules out basic.get: consume.
     inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
     await channel.set_qos(prefetch_count=100)
@@ -96,12 +105,15 @@ async def _move_all(channel: AbstractChannel, exchange: AbstractExchange, settin
             except TimeoutError:
                 return moved
             conversation = str((message.headers or {}).get(CONVERSATION) or "")
+            wanted = topology.queue_of_inbound_key(
+                settings.prefix, topology.inbound_key(settings, conversation))
+            key = await destinations.key_for(wanted)
             await exchange.publish(
                 make_message(message.body, message_id=message.message_id or "",
                              headers=dict(message.headers or {}),
                              timestamp=message.timestamp.timestamp()
                              if message.timestamp else None),
-                topology.inbound_key(settings, conversation), mandatory=True, timeout=10)
+                key, mandatory=True, timeout=10)
             await message.ack()
             moved += 1
     finally:

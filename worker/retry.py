@@ -65,6 +65,9 @@ class Mover:
         headers[ERROR] = describe(exc)
         headers[ERROR_KIND] = "permanent" if permanent else "transient"
         headers[FAILED_AT] = int(time.time() * 1000)
-        headers[QUEUE] = topology.inbound_queue(self.settings.prefix)
+        # The queue it was taken from (its partition, or the shared queue): where a replay
+        # returns it, whatever the replaying process's own ordering settings are.
+        headers[QUEUE] = topology.queue_of_inbound_key(
+            self.settings.prefix, delivery.routing_key or topology.INBOUND_KEY)
         await self.broker.publish(_copy(delivery, headers), topology.DEAD_KEY)
         await delivery.ack()

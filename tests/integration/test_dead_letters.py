@@ -59,7 +59,9 @@ async def test_reply_400_for_one_receiver_dead_letters_after_one_attempt(
         assert letter.error_kind == "permanent"
         assert letter.error.startswith("ReplyRejected: reply API answered 400")
         assert letter.trigger == "after_message"
-        assert letter.queue == topology.inbound_queue(settings.prefix)
+        # The partition queue it was taken from, where a replay returns it.
+        assert letter.queue == topology.queue_of_inbound_key(
+            settings.prefix, topology.inbound_key(settings, letter.conversation))
     # Exactly one request per bad callback: a 4xx is never retried.
     assert fake_api.fake.statuses[400] == 10
     # Listing returns everything to the queue.

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from shared import topology
 from shared.broker import BrokerLink, make_message
 from shared.errors import PermanentError, Retry
 from shared.headers import ATTEMPT, CONVERSATION, TRIGGER
@@ -150,7 +151,10 @@ async def test_permanent_error_dead_letters_after_one_attempt(path, fake_api):
     assert letter.error_kind == "permanent"
     assert letter.trigger == "after_message"
     assert letter.failed_at_ms > 0
-    assert letter.queue.endswith(".inbound")
+    # The partition queue it was taken from: where a replay returns it.
+    settings = relay.settings
+    assert letter.queue == topology.queue_of_inbound_key(
+        settings.prefix, topology.inbound_key(settings, letter.conversation))
     assert calls["/permanent"] == 1
     assert fake_api.fake.replies == []
 

@@ -1,0 +1,63 @@
+"""Basic auth and CSRF tokens for the console."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import secrets
+
+from aiohttp import web
+
+from shared.errors import SettingsError
+from shared.settings import Settings
+
+REALM = 'Basic realm="botrelay console", charset="UTF-8"'
+
+
+def check_auth_settings(settings: Settings) -> None:
+    """The console moves and drops dead letters: it refuses to run open unless told so."""
+    if settings.console_auth == "basic" and not settings.console_username:
+        raise SettingsError(
+            "botrelay console needs BOTRELAY_CONSOLE_USERNAME and BOTRELAY_CONSOLE_PASSWORD "
+            "(or BOTRELAY_CONSOLE_AUTH=none behind a proxy that authenticates)"
+        )
+
+
+class Guard:
+    def __init__(self, settings: Settings) -> None:
+        self.required = settings.console_auth == "basic"
+        self._user = (settings.console_username or "").encode()
+        self._password = (settings.console_password or "").encode()
+        # Per process: a restart invalidates open forms, which only costs a reload.
+        self._secret = secrets.token_bytes(32)
+
+    def user(self, request: web.Request) -> str | None:
+        """The authenticated user name ("" when auth is off), or None."""
+        if not self.required:
+            return ""
+        scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "basic":
+            return None
+        try:
+            user, sep, password = base64.b64decode(encoded, validate=True).partition(b":")
+        except (binascii.Error, ValueError):
+            return None
+        # Both compared, always, in constant time: the answer's timing tells nothing.
+        ok_user = hmac.compare_digest(user, self._user)
+        ok_password = hmac.compare_digest(password, self._password)
+        return user.decode("utf-8", "replace") if sep and ok_user and ok_password else None
+
+    def token(self, user: str) -> str:
+        """The CSRF token for forms of ``user``: another site cannot read it, so cannot forge a
+        POST that carries it, even though the browser sends the Basic credentials along."""
+        return hmac.new(self._secret, f"csrf:{user}".encode(), hashlib.sha256).hexdigest()
+
+    def token_ok(self, user: str, given: str) -> bool:
+        return hmac.compare_digest(self.token(user).encode(), given.encode())
+
+
+def unauthorized() -> web.Response:
+    return web.json_response({"error": "unauthorized", "detail": "Basic auth required"},
+                             status=401, headers={"WWW-Authenticate": REALM})
