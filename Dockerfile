@@ -5,7 +5,7 @@ COPY pyproject.toml README.md ./
 COPY shared ./shared
 COPY ingress ./ingress
 COPY worker ./worker
-COPY examples ./examples
+COPY botrelay ./botrelay
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM python:3.11-slim
@@ -14,8 +14,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels \
     && useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin botrelay
-# Bots live in /app (mount or COPY your module here): `--app mybot:bot` imports from it.
+# Bots live in /app, which `--app` imports from: the build copies the folder BOT_DIR of the
+# context there (`docker build --build-arg BOT_DIR=mybot .`, then `--app mybot.bot:bot`), or
+# mount your code at /app. The default is examples/, so `--app examples.echo_bot:bot` runs.
+ARG BOT_DIR=examples
 WORKDIR /app
+COPY ${BOT_DIR} /app/${BOT_DIR}
 USER 10001
 EXPOSE 8080 9100
 # SIGTERM starts the graceful shutdown (BOTRELAY_SHUTDOWN_GRACE); botrelay is PID 1 here.

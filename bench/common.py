@@ -23,9 +23,9 @@ import aio_pika
 import orjson
 import redis.asyncio as aioredis
 
-from shared import topology
-from shared.fake_cometchat import FakeCometChat, RunningFake
-from shared.settings import Settings
+from botrelay.shared import topology
+from botrelay.shared.fake_cometchat import FakeCometChat, RunningFake
+from botrelay.shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -37,6 +37,9 @@ BOT = "bench_bot"
 APPS = 64  # callbacks are spread over this many apps, as on a multi-tenant relay
 CORES = os.cpu_count() or 1
 
+
+# The bot every scenario's workers run (from the repository root, where examples/ is).
+ECHO = "examples.echo_bot:bot"
 
 def core(n: int) -> int:
     """Core ``n``, folded onto the machine's cores."""

@@ -19,6 +19,7 @@ import orjson
 from bench.common import (
     AMQP_URL,
     API_KEY,
+    ECHO,
     ROOT,
     Child,
     bench_settings,
@@ -38,8 +39,8 @@ from bench.common import (
     wait_log,
     wait_replies,
 )
-from shared import topology
-from shared.fake_cometchat import RunningFake
+from botrelay.shared import topology
+from botrelay.shared.fake_cometchat import RunningFake
 
 
 async def _sample_depth(names: list[str], samples: list[tuple[float, int]],
@@ -75,11 +76,12 @@ async def _start(contender: str, workers: int, ordering: str, prefix: str, port:
             await wait_log(worker, "consuming")
         return [queue]
     env = botrelay_env(prefix, fake, redis=True, ordering=ordering, BOTRELAY_PORT=str(port))
-    ingress = spawn("e2e-ingress", python("-m", "ingress"), env, core(0), logdir)
+    ingress = spawn("e2e-ingress", python("-m", "botrelay", "ingress"), env, core(0), logdir)
     children.append(ingress)
     await wait_http(f"http://127.0.0.1:{port}/readyz", child=ingress)
     for w in range(workers):
-        worker = spawn(f"e2e-worker-{w + 1}", python("-m", "worker"), env, core(w + 1), logdir)
+        argv = python("-m", "botrelay", "worker", "--app", ECHO)
+        worker = spawn(f"e2e-worker-{w + 1}", argv, env, core(w + 1), logdir)
         children.append(worker)
         await wait_log(worker, "consuming")
     if ordering == "conversation" and workers > 1:

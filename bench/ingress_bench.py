@@ -90,7 +90,8 @@ async def run(contender: str, duration: float, logdir: Path, warmup: float = 1.0
                "BOTRELAY_ORDERING": ordering, "BOTRELAY_PORT": str(port),
                "BOTRELAY_HOST": "127.0.0.1", "BOTRELAY_CALLBACK_USERNAME": USERNAME,
                "BOTRELAY_CALLBACK_PASSWORD": PASSWORD}
-        child = spawn("ingress-botrelay", python("-m", "ingress"), env, server_cpu, logdir)
+        child = spawn("ingress-botrelay", python("-m", "botrelay", "ingress"), env, server_cpu,
+                      logdir)
         ready = f"http://127.0.0.1:{port}/readyz"
     try:
         await wait_http(ready, child=child)

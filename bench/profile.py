@@ -18,6 +18,7 @@ from typing import Any
 from bench import ingress_bench, worker_bench
 from bench.common import (
     AMQP_URL,
+    ECHO,
     PASSWORD,
     RESULTS,
     USERNAME,
@@ -32,7 +33,7 @@ from bench.common import (
     wait_http,
     wait_log,
 )
-from shared.fake_cometchat import RunningFake
+from botrelay.shared.fake_cometchat import RunningFake
 
 SECONDS = 6
 
@@ -93,7 +94,7 @@ async def profile_ingress(logdir: Path) -> Path:
            "BOTRELAY_ORDERING": "conversation", "BOTRELAY_PORT": str(port),
            "BOTRELAY_HOST": "127.0.0.1", "BOTRELAY_CALLBACK_USERNAME": USERNAME,
            "BOTRELAY_CALLBACK_PASSWORD": PASSWORD}
-    child = spawn("profile-ingress", python("-m", "ingress"), env, core(0), logdir)
+    child = spawn("profile-ingress", python("-m", "botrelay", "ingress"), env, core(0), logdir)
     out = RESULTS / f"profile-ingress-{time.strftime('%Y%m%d-%H%M%S')}.txt"
     try:
         await wait_http(f"http://127.0.0.1:{port}/readyz", child=child)
@@ -118,7 +119,8 @@ async def profile_worker(logdir: Path, count: int, *, redis: bool) -> Path:
         try:
             await worker_bench.preload_botrelay(settings, count, 2000)
             env = botrelay_env(prefix, fake, redis=redis, ordering="none")
-            child = spawn("profile-worker", python("-m", "worker"), env, core(0), logdir)
+            argv = python("-m", "botrelay", "worker", "--app", ECHO)
+            child = spawn("profile-worker", argv, env, core(0), logdir)
             try:
                 await wait_log(child, "consuming")
                 await asyncio.to_thread(_record, child.proc.pid, out, SECONDS)

@@ -16,6 +16,7 @@ import aio_pika
 from bench.common import (
     AMQP_URL,
     API_KEY,
+    ECHO,
     Child,
     bench_settings,
     botrelay_env,
@@ -31,12 +32,12 @@ from bench.common import (
     wait_log,
     wait_replies,
 )
-from shared import topology
-from shared.broker import make_message
-from shared.fake_cometchat import RunningFake
-from shared.headers import ATTEMPT, CONVERSATION, RECEIVED_AT, TRIGGER
-from shared.payloads import parse_body
-from shared.settings import Settings
+from botrelay.shared import topology
+from botrelay.shared.broker import make_message
+from botrelay.shared.fake_cometchat import RunningFake
+from botrelay.shared.headers import ATTEMPT, CONVERSATION, RECEIVED_AT, TRIGGER
+from botrelay.shared.payloads import parse_body
+from botrelay.shared.settings import Settings
 
 PREFETCH = 64  # botrelay's default BOTRELAY_CONCURRENCY, and the baselines' prefetch
 BATCH = 500
@@ -101,8 +102,8 @@ def _workers(contender: str, n: int, prefix: str, queue: str, fake: RunningFake,
         else:
             env = botrelay_env(prefix, fake, redis=contender == "redis", ordering=ordering,
                                BOTRELAY_CONCURRENCY=str(PREFETCH))
-            children.append(spawn(name, python("-m", "worker", "--app", "examples.echo_bot:bot"),
-                                  env, cpu, logdir))
+            argv = python("-m", "botrelay", "worker", "--app", ECHO)
+            children.append(spawn(name, argv, env, cpu, logdir))
     return children
 
 

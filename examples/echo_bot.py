@@ -1,15 +1,6 @@
-"""The echo bot: replies ``echo: <text>`` to any text, and the help text to ``/help``."""
+"""The echo bot, as ``--app examples.echo_bot:bot``: it ships inside botrelay
+(``botrelay/echo_bot.py``, what ``botrelay dev`` runs by default), so this module only names it."""
 
-from worker import Bot, Message
+from botrelay.echo_bot import bot
 
-bot = Bot()
-
-
-@bot.command("help")  # text starting with "/help"
-async def help_(msg: Message) -> str:
-    return "Try /weather <city>"
-
-
-@bot.on_text()  # any other text message
-async def echo(msg: Message) -> str:
-    return f"echo: {msg.text}"
+__all__ = ["bot"]

@@ -16,7 +16,7 @@ group manners (it answers in a group only when mentioned) and webhook events.
 
 from __future__ import annotations
 
-from worker import Bot, Message, Reply
+from botrelay.worker import Bot, Message, Reply
 
 SUPPORT_GROUP = "support-team"
 CAT_URL = "https://example.invalid/files/cat.png"

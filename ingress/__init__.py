@@ -1,5 +1,5 @@
 """The botrelay HTTP ingress: authenticate, validate, publish with confirm, answer."""
 
-from ingress.app import make_app
+from botrelay.ingress.app import make_app
 
 __all__ = ["make_app"]

@@ -7,13 +7,13 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from ingress.auth import BasicAuth
-from ingress.callback import handle_callback, json_errors
-from ingress.state import STATE, IngressState
-from shared.broker import BrokerLink
-from shared.metrics import CONTENT_TYPE_LATEST, IngressMetrics, render
-from shared.settings import Settings
-from shared.transport import Broker
+from botrelay.ingress.auth import BasicAuth
+from botrelay.ingress.callback import handle_callback, json_errors
+from botrelay.ingress.state import STATE, IngressState
+from botrelay.shared.broker import BrokerLink
+from botrelay.shared.metrics import CONTENT_TYPE_LATEST, IngressMetrics, render
+from botrelay.shared.settings import Settings
+from botrelay.shared.transport import Broker
 
 log = logging.getLogger("botrelay.ingress")
 

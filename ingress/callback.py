@@ -16,12 +16,12 @@ from aio_pika.exceptions import DeliveryError
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from ingress.state import STATE, IngressState
-from shared.broker import PUBLISH_ERRORS, BrokerUnavailable
-from shared.errors import PayloadError
-from shared.headers import ATTEMPT, CONVERSATION, RECEIVED_AT, TRIGGER
-from shared.payloads import parse_body
-from shared.topology import inbound_key
+from botrelay.ingress.state import STATE, IngressState
+from botrelay.shared.broker import PUBLISH_ERRORS, BrokerUnavailable
+from botrelay.shared.errors import PayloadError
+from botrelay.shared.headers import ATTEMPT, CONVERSATION, RECEIVED_AT, TRIGGER
+from botrelay.shared.payloads import parse_body
+from botrelay.shared.topology import inbound_key
 
 # How long a sender should wait after a 503 before posting again.
 RETRY_AFTER_SECONDS = "2"

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from ingress.auth import BasicAuth
-from shared.metrics import IngressMetrics
-from shared.settings import Settings
-from shared.transport import Broker
+from botrelay.ingress.auth import BasicAuth
+from botrelay.shared.metrics import IngressMetrics
+from botrelay.shared.settings import Settings
+from botrelay.shared.transport import Broker
 
 
 @dataclass

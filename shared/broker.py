@@ -24,9 +24,9 @@ from aio_pika.abc import (
 )
 from pamqp import commands as spec
 
-from shared import topology
-from shared.publisher import ChannelClosed, ConfirmBatcher
-from shared.settings import Settings
+from botrelay.shared import topology
+from botrelay.shared.publisher import ChannelClosed, ConfirmBatcher
+from botrelay.shared.settings import Settings
 
 log = logging.getLogger("botrelay.broker")
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import orjson
 
-from shared.errors import PayloadError
-from shared.payloads import (
+from botrelay.shared.errors import PayloadError
+from botrelay.shared.model import (
     GROUP_MEMBER_TRIGGERS,
     MAX_KEY_BYTES,
     REACTION_TRIGGERS,

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from shared.settings import Settings
+from botrelay.shared.settings import Settings
 
 FIELDS = ("key", "trigger", "conversation", "attempt", "outcome", "delay", "error", "worker",
           "text")

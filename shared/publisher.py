@@ -30,7 +30,7 @@ from pamqp import commands as spec
 from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
-from shared.wakeup import Wakeup
+from botrelay.shared.wakeup import Wakeup
 
 log = logging.getLogger("botrelay.broker")
 

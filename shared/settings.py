@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from shared.errors import SettingsError
+from botrelay.shared.errors import SettingsError
 
 DEFAULT_API_BASE = "https://{appId}.api-{region}.cometchat.io/v3"
 

@@ -30,7 +30,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange
 
-from shared.settings import Settings
+from botrelay.shared.settings import Settings
 
 INBOUND_KEY = "inbound"
 DEAD_KEY = "dead"

@@ -13,10 +13,10 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from ingress.app import make_app
-from shared import topology
-from shared.fake_cometchat import RunningFake
-from shared.settings import Settings
+from botrelay.ingress.app import make_app
+from botrelay.shared import topology
+from botrelay.shared.fake_cometchat import RunningFake
+from botrelay.shared.settings import Settings
 from tests import services
 
 

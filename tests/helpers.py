@@ -19,9 +19,9 @@ import aio_pika
 import aiohttp
 import orjson
 
-from shared import topology
-from shared.fake_cometchat import FakeCometChat
-from shared.settings import Settings
+from botrelay.shared import topology
+from botrelay.shared.fake_cometchat import FakeCometChat
+from botrelay.shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "cometchat"
@@ -165,7 +165,7 @@ class WorkerProcess:
         self.log_path = log_path
         out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "worker", "--app", app, "--metrics-port", "0"],
+            [sys.executable, "-m", "botrelay", "worker", "--app", app, "--metrics-port", "0"],
             env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
         )
 

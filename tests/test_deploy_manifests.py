@@ -12,10 +12,10 @@ import orjson
 import pytest
 import yaml
 
-from shared import topology
-from shared.cli import build_parser
-from shared.metrics import IngressMetrics, WorkerMetrics
-from shared.settings import Settings
+from botrelay.cli import build_parser
+from botrelay.shared import topology
+from botrelay.shared.metrics import IngressMetrics, WorkerMetrics
+from botrelay.shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULTS = Settings()
@@ -214,6 +214,20 @@ def test_dockerfile_runs_botrelay_and_exposes_the_ports():
     assert exposed == {DEFAULTS.port, DEFAULTS.metrics_port}
     assert 'ENTRYPOINT ["botrelay"]' in text
     assert re.search(r"^USER \d+", text, re.M)
+
+
+def test_the_image_carries_the_bot_that_compose_and_the_manifests_run():
+    """examples/ is not installed with botrelay: the image copies BOT_DIR into /app instead."""
+    text = (ROOT / "Dockerfile").read_text()
+    [default_dir] = re.findall(r"^ARG BOT_DIR=(\S+)$", text, re.M)
+    assert re.search(r"^COPY \$\{BOT_DIR\} /app/\$\{BOT_DIR\}$", text, re.M)
+    assert re.search(r"^WORKDIR /app$", text, re.M)
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    assert compose["x-botrelay"]["build"]["args"]["BOT_DIR"] == f"${{BOT_DIR:-{default_dir}}}"
+    worker_app = compose["services"]["worker"]["command"][2]
+    [module] = re.findall(r"^\$\{BOTRELAY_APP:-([\w.]+):\w+\}$", worker_app)
+    assert module.split(".")[0] == default_dir
+    assert (ROOT / (module.replace(".", "/") + ".py")).is_file()
 
 
 def test_grafana_dashboard_shows_every_metric_family_and_only_those():

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shared.cli import build_parser
-from shared.settings import Settings
+from botrelay.cli import build_parser
+from botrelay.shared.settings import Settings
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 

@@ -1,11 +1,11 @@
 """botrelay workers, and the API bot authors write against:
 
-    from worker import Bot, Message, Reply, Retry, PermanentError
+    from botrelay.worker import Bot, Message, Reply, Retry, PermanentError
 """
 
-from shared.errors import PermanentError, Retry
-from shared.payloads import Message
-from worker.bot import Bot
-from worker.reply import Reply
+from botrelay.shared.errors import PermanentError, Retry
+from botrelay.shared.model import Message
+from botrelay.worker.bot import Bot
+from botrelay.worker.reply import Reply
 
 __all__ = ["Bot", "Message", "PermanentError", "Reply", "Retry"]

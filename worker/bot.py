@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from shared.payloads import MESSAGE_TRIGGERS, Message
-from worker.reply import Reply, ReplyInvalid, normalise
+from botrelay.shared.model import MESSAGE_TRIGGERS, Message
+from botrelay.worker.reply import Reply, ReplyInvalid, normalise
 
 Handler = Callable[[Message], Awaitable[Any]]
 H = TypeVar("H", bound=Handler)

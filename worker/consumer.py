@@ -20,24 +20,25 @@ from collections import deque
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from shared.broker import PUBLISH_ERRORS
-from shared.errors import (
+from botrelay.shared.broker import PUBLISH_ERRORS
+from botrelay.shared.errors import (
     DedupUnavailable,
     PayloadError,
     PermanentError,
     Retry,
     TransientError,
 )
-from shared.headers import CONVERSATION, RECEIVED_AT, REPLIED, TRIGGER
-from shared.metrics import WorkerMetrics
-from shared.payloads import Message, parse_body
-from shared.settings import Settings
-from shared.topology import delay_for_attempt, pick_delay
-from shared.transport import Delivery
-from worker.bot import Bot
-from worker.dedup import Claim, DedupStore, Status
-from worker.reply import muid
-from worker.retry import Mover, attempt_of
+from botrelay.shared.headers import CONVERSATION, RECEIVED_AT, REPLIED, TRIGGER
+from botrelay.shared.metrics import WorkerMetrics
+from botrelay.shared.model import Message
+from botrelay.shared.payloads import parse_body
+from botrelay.shared.settings import Settings
+from botrelay.shared.topology import delay_for_attempt, pick_delay
+from botrelay.shared.transport import Delivery
+from botrelay.worker.bot import Bot
+from botrelay.worker.dedup import Claim, DedupStore, Status
+from botrelay.worker.reply import muid
+from botrelay.worker.retry import Mover, attempt_of
 
 log = logging.getLogger("botrelay.worker")
 

@@ -29,9 +29,9 @@ from typing import Protocol
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from shared.errors import DedupUnavailable
-from shared.settings import Settings
-from worker.redis_batch import ScriptBatcher
+from botrelay.shared.errors import DedupUnavailable
+from botrelay.shared.settings import Settings
+from botrelay.worker.redis_batch import ScriptBatcher
 
 log = logging.getLogger("botrelay.dedup")
 

@@ -22,14 +22,22 @@ from typing import Any
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 
-from shared import topology
-from shared.broker import connect, make_message
-from shared.errors import PayloadError
-from shared.headers import ATTEMPT, CONVERSATION, ERROR, ERROR_KIND, FAILED_AT, QUEUE, REPLAYED
-from shared.headers import TRIGGER as TRIGGER_HEADER
-from shared.payloads import parse_body
-from shared.settings import Settings
-from worker.requeue import Destinations
+from botrelay.shared import topology
+from botrelay.shared.broker import connect, make_message
+from botrelay.shared.errors import PayloadError
+from botrelay.shared.headers import (
+    ATTEMPT,
+    CONVERSATION,
+    ERROR,
+    ERROR_KIND,
+    FAILED_AT,
+    QUEUE,
+    REPLAYED,
+)
+from botrelay.shared.headers import TRIGGER as TRIGGER_HEADER
+from botrelay.shared.payloads import parse_body
+from botrelay.shared.settings import Settings
+from botrelay.worker.requeue import Destinations
 
 
 @dataclass(frozen=True, slots=True)

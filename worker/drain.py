@@ -26,11 +26,11 @@ from aio_pika.abc import (
     AbstractIncomingMessage,
 )
 
-from shared import topology
-from shared.broker import connect, make_message
-from shared.headers import CONVERSATION
-from shared.settings import Settings
-from worker.requeue import Destinations
+from botrelay.shared import topology
+from botrelay.shared.broker import connect, make_message
+from botrelay.shared.headers import CONVERSATION
+from botrelay.shared.settings import Settings
+from botrelay.worker.requeue import Destinations
 
 
 @dataclass

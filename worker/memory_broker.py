@@ -28,9 +28,9 @@ from typing import Any
 
 import aio_pika
 
-from shared.broker import BrokerUnavailable, make_message
-from shared.settings import Settings
-from shared.topology import DEAD_KEY, INBOUND_KEY
+from botrelay.shared.broker import BrokerUnavailable, make_message
+from botrelay.shared.settings import Settings
+from botrelay.shared.topology import DEAD_KEY, INBOUND_KEY
 
 log = logging.getLogger("botrelay.memory_broker")
 

@@ -36,9 +36,9 @@ from typing import Protocol
 
 import redis.asyncio as aioredis
 
-from shared import topology
-from shared.settings import Settings
-from shared.transport import Delivery
+from botrelay.shared import topology
+from botrelay.shared.settings import Settings
+from botrelay.shared.transport import Delivery
 
 log = logging.getLogger("botrelay.partitions")
 

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from shared.errors import Retry
-from shared.metrics import WorkerMetrics
-from shared.settings import Settings
-from worker.redis_batch import ScriptBatcher
+from botrelay.shared.errors import Retry
+from botrelay.shared.metrics import WorkerMetrics
+from botrelay.shared.settings import Settings
+from botrelay.worker.redis_batch import ScriptBatcher
 
 log = logging.getLogger("botrelay.ratelimit")
 

@@ -33,7 +33,7 @@ from typing import Any
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from shared.wakeup import Wakeup
+from botrelay.shared.wakeup import Wakeup
 
 _NO_SCRIPT = redis.exceptions.NoScriptError
 _RETRY_ONCE = (redis.exceptions.ConnectionError, ConnectionError)

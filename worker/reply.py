@@ -12,8 +12,8 @@ from typing import Any
 
 import orjson
 
-from shared.errors import PermanentError
-from shared.payloads import Message
+from botrelay.shared.errors import PermanentError
+from botrelay.shared.model import Message
 
 # CometChat's published limits: a message under 65 KB, its ``data`` under 10 KB.
 MAX_MESSAGE_BYTES = 65 * 1024
@@ -123,3 +123,23 @@ def normalise(result: object) -> list[Reply]:
         return out
     raise ReplyInvalid(f"a handler returned {type(result).__name__}; expected None, str, "
                        "Reply or a list of them")
+
+
+def describe_reply(body: dict[str, Any]) -> str:
+    """One readable line for a reply request body."""
+    data = body.get("data") or {}
+    text = data.get("text")
+    if body.get("category") == "custom":
+        custom = orjson.dumps(data.get("customData") or {}).decode()
+        content = f"[custom {body.get('type')}] {custom}"
+        if text:
+            content = f"{content} {text}"
+    elif body.get("type") in ("image", "video", "audio", "file"):
+        content = f"[{body['type']} {data.get('url', '')}]"
+        if text:
+            content = f"{content} {text}"
+    else:
+        content = str(text)
+    if data.get("metadata"):
+        content = f"{content} (metadata {orjson.dumps(data['metadata']).decode()})"
+    return f"reply -> {body.get('receiverType')} {body.get('receiver')}: {content}"

@@ -23,11 +23,11 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from shared.errors import PermanentError, TransientError
-from shared.metrics import WorkerMetrics
-from shared.settings import Settings
-from worker.http_pool import HttpError, HttpPool
-from worker.rate_limit import RateLimiter, make_limiter
+from botrelay.shared.errors import PermanentError, TransientError
+from botrelay.shared.metrics import WorkerMetrics
+from botrelay.shared.settings import Settings
+from botrelay.worker.http_pool import HttpError, HttpPool
+from botrelay.worker.rate_limit import RateLimiter, make_limiter
 
 log = logging.getLogger("botrelay.reply")
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import aiormq
 from aio_pika.abc import AbstractConnection
 
-from shared import topology
+from botrelay.shared import topology
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,12 +10,12 @@ import logging
 import time
 from typing import Any
 
-from shared import topology
-from shared.broker import make_message
-from shared.errors import describe
-from shared.headers import ATTEMPT, ERROR, ERROR_KIND, FAILED_AT, QUEUE
-from shared.settings import Settings
-from shared.transport import Broker, Delivery
+from botrelay.shared import topology
+from botrelay.shared.broker import make_message
+from botrelay.shared.errors import describe
+from botrelay.shared.headers import ATTEMPT, ERROR, ERROR_KIND, FAILED_AT, QUEUE
+from botrelay.shared.settings import Settings
+from botrelay.shared.transport import Broker, Delivery
 
 log = logging.getLogger("botrelay.retry")
 

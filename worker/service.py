@@ -23,24 +23,24 @@ import redis.asyncio as aioredis
 from aio_pika.abc import AbstractRobustChannel
 from aiohttp import web
 
-from shared import topology
-from shared.broker import BrokerLink
-from shared.metrics import CONTENT_TYPE_LATEST, WorkerMetrics, render
-from shared.settings import Settings
-from worker.bot import Bot
-from worker.consumer import Consumer
-from worker.dedup import DedupStore, RedisDedup, make_store
-from worker.partitions import (
+from botrelay.shared import topology
+from botrelay.shared.broker import BrokerLink
+from botrelay.shared.metrics import CONTENT_TYPE_LATEST, WorkerMetrics, render
+from botrelay.shared.settings import Settings
+from botrelay.worker.bot import Bot
+from botrelay.worker.consumer import Consumer
+from botrelay.worker.dedup import DedupStore, RedisDedup, make_store
+from botrelay.worker.partitions import (
     Leases,
     PartitionManager,
     RedisLeases,
     SoloLeases,
     worker_id,
 )
-from worker.rate_limit import make_limiter
-from worker.reply_client import ReplyClient
-from worker.retry import Mover
-from worker.subscriptions import Subscriptions
+from botrelay.worker.rate_limit import make_limiter
+from botrelay.worker.reply_client import ReplyClient
+from botrelay.worker.retry import Mover
+from botrelay.worker.subscriptions import Subscriptions
 
 log = logging.getLogger("botrelay.worker")
 

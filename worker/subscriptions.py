@@ -28,7 +28,7 @@ from aio_pika.abc import AbstractRobustChannel
 from aiormq.abc import ChannelFrame, DeliveredMessage
 from pamqp import commands as spec
 
-from shared.transport import Delivery
+from botrelay.shared.transport import Delivery
 
 log = logging.getLogger("botrelay.worker")
 

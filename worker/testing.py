@@ -4,7 +4,7 @@ No broker, no network: the callback goes through the same steps as in production
 parsing, a publish to an in-memory broker, the worker's ``Consumer`` with dedup, dispatch, reply
 validation and ``muid``), and the replies it would POST are recorded instead of sent.
 
-    from worker.testing import BotTester, text_callback
+    from botrelay.worker.testing import BotTester, text_callback
     from my_bot import bot
 
     async def test_weather() -> None:
@@ -30,21 +30,21 @@ from typing import Any
 
 import orjson
 
-from shared.broker import make_message
-from shared.errors import PayloadError, TransientError, describe
-from shared.headers import ATTEMPT, CONVERSATION, ERROR, ERROR_KIND, RECEIVED_AT, TRIGGER
-from shared.metrics import WorkerMetrics
-from shared.payloads import Message, parse_body
-from shared.settings import Settings
-from shared.topology import INBOUND_KEY
-from worker.bot import Bot
-from worker.consumer import Consumer
-from worker.dedup import MemoryDedup
-from worker.dev import describe_reply
-from worker.memory_broker import MemoryBroker
-from worker.reply import Reply
-from worker.reply_client import ReplyFailed, ReplyRejected
-from worker.retry import Mover
+from botrelay.shared.broker import make_message
+from botrelay.shared.errors import PayloadError, TransientError, describe
+from botrelay.shared.headers import ATTEMPT, CONVERSATION, ERROR, ERROR_KIND, RECEIVED_AT, TRIGGER
+from botrelay.shared.metrics import WorkerMetrics
+from botrelay.shared.model import Message
+from botrelay.shared.payloads import parse_body
+from botrelay.shared.settings import Settings
+from botrelay.shared.topology import INBOUND_KEY
+from botrelay.worker.bot import Bot
+from botrelay.worker.consumer import Consumer
+from botrelay.worker.dedup import MemoryDedup
+from botrelay.worker.memory_broker import MemoryBroker
+from botrelay.worker.reply import Reply, describe_reply
+from botrelay.worker.reply_client import ReplyFailed, ReplyRejected
+from botrelay.worker.retry import Mover
 
 __all__ = ["BotTester", "Result", "text_callback"]
 

@@ -16,8 +16,8 @@ import orjson
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-from shared.errors import PayloadError
-from shared.payloads import parse_body
+from botrelay.shared.errors import PayloadError
+from botrelay.shared.payloads import parse_body
 from tests.helpers import fixture
 
 settings.register_profile(

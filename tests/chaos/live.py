@@ -20,8 +20,8 @@ from typing import Any
 import aio_pika
 import orjson
 
-from shared import topology
-from shared.settings import Settings
+from botrelay.shared import topology
+from botrelay.shared.settings import Settings
 from tests.helpers import ROOT, settings_env
 
 
@@ -55,7 +55,7 @@ class LiveIngress:
         env = settings_env(self.settings)
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "ingress"], env=env, cwd=ROOT, stdout=out,
+                [sys.executable, "-m", "botrelay", "ingress"], env=env, cwd=ROOT, stdout=out,
                 stderr=subprocess.STDOUT,
             )
         stop_at = time.monotonic() + timeout

@@ -18,9 +18,9 @@ import aio_pika
 import aiohttp
 import orjson
 
-from shared import topology
-from shared.fake_cometchat import FakeCometChat
-from shared.settings import Settings
+from botrelay.shared import topology
+from botrelay.shared.fake_cometchat import FakeCometChat
+from botrelay.shared.settings import Settings
 from tests.chaos.report import Figures, record
 from tests.helpers import expected_reply, text_callback, wait_for
 

@@ -9,9 +9,9 @@ import asyncio
 import aiohttp
 import pytest
 
+from botrelay.worker.service import Worker
 from examples.echo_bot import bot
 from tests.chaos.stream import Stream, queue_report, run_with_fault
-from worker.service import Worker
 
 pytestmark = pytest.mark.chaos
 

@@ -12,13 +12,13 @@ import uuid
 
 import pytest
 
+from botrelay.shared.model import Message
+from botrelay.worker import Bot
+from botrelay.worker.service import Worker
 from examples.echo_bot import bot as echo_bot
-from shared.payloads import Message
 from tests.chaos.report import Figures, record
 from tests.chaos.stream import Stream, queue_report, run_with_fault
 from tests.helpers import post_all, text_callback, wait_for
-from worker import Bot
-from worker.service import Worker
 
 pytestmark = pytest.mark.chaos
 

@@ -14,10 +14,10 @@ from collections import defaultdict
 
 import pytest
 
+from botrelay.shared.fake_cometchat import FakeConfig
+from botrelay.worker.service import Worker
 from examples.echo_bot import bot
-from shared.fake_cometchat import FakeConfig
 from tests.chaos.stream import Stream, run_with_fault
-from worker.service import Worker
 
 pytestmark = pytest.mark.chaos
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from botrelay.worker.testing import BotTester, text_callback
 from examples.echo_bot import bot
 from tests.helpers import FIXTURES, fixture_names
-from worker.testing import BotTester, text_callback
 
 # What the echo bot does with each fixture: (outcome, the lines it would send or why it is silent)
 EXPECTED: dict[str, tuple[str, list[str] | str]] = {

@@ -6,9 +6,9 @@ import copy
 
 import pytest
 
+from botrelay.worker.testing import BotTester, text_callback
 from examples.helpdesk_bot import CAT_URL, SUPPORT_GROUP, bot
 from tests.helpers import FIXTURES, fixture, fixture_names
-from worker.testing import BotTester, text_callback
 
 WEATHER_TEXT = "Weather for {}: sunny, 21 °C"
 

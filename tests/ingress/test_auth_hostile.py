@@ -16,9 +16,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ingress import auth as auth_module
-from ingress.auth import BasicAuth
-from shared.settings import Settings
+from botrelay.ingress import auth as auth_module
+from botrelay.ingress.auth import BasicAuth
+from botrelay.shared.settings import Settings
 from tests.chaos.hostile import dumps, fuzz
 from tests.chaos.live import Answer, LiveIngress, free_port
 from tests.chaos.report import Figures, record

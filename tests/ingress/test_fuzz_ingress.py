@@ -23,8 +23,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.payloads import parse_body
-from shared.settings import Settings
+from botrelay.shared.payloads import parse_body
+from botrelay.shared.settings import Settings
 from tests.chaos.hostile import BASES, dumps, expected, fuzz, json_values, mutated_callbacks
 from tests.chaos.live import Answer, LiveIngress, free_port
 from tests.chaos.report import Figures, record

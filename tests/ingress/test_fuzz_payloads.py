@@ -12,8 +12,9 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from shared.errors import PayloadError
-from shared.payloads import MESSAGE_TRIGGERS, Callback, parse_body, parse_callback
+from botrelay.shared.errors import PayloadError
+from botrelay.shared.model import MESSAGE_TRIGGERS, Callback
+from botrelay.shared.payloads import parse_body, parse_callback
 from tests.chaos.hostile import BASES, dumps, fuzz, json_values, mutated_callbacks
 from tests.chaos.report import Figures, record
 from tests.helpers import fixture, text_callback

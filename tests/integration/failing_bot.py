@@ -5,7 +5,7 @@ is echoed, so a replayed letter gets its reply."""
 
 from __future__ import annotations
 
-from worker import Bot, Message, PermanentError
+from botrelay.worker import Bot, Message, PermanentError
 
 HEALED = {"value": False}
 

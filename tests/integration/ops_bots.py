@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from worker import Bot, Message
+from botrelay.worker import Bot, Message
 
 slow = Bot()
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import aiohttp
 
-from shared.settings import Settings
+from botrelay.shared.settings import Settings
 from tests.helpers import ROOT, WorkerProcess, settings_env
 
 
@@ -71,8 +71,8 @@ class IngressProcess:
         env.update({"BOTRELAY_HOST": "127.0.0.1", "BOTRELAY_PORT": str(self.port),
                     **self.extra_env})
         with open(self.log_path, "ab") as out:
-            return subprocess.Popen([sys.executable, "-m", "ingress"], env=env, cwd=ROOT,
-                                    stdout=out, stderr=subprocess.STDOUT)
+            return subprocess.Popen([sys.executable, "-m", "botrelay", "ingress"], env=env,
+                                    cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
 
     async def start(self, timeout: float = 30.0) -> IngressProcess:
         self.proc = self.spawn()

@@ -10,11 +10,11 @@ import aiohttp
 import orjson
 import pytest
 
+from botrelay.ingress.state import STATE
+from botrelay.shared import topology
+from botrelay.worker.service import Worker
 from examples.echo_bot import bot
-from ingress.state import STATE
-from shared import topology
 from tests.helpers import generated, muid_counts, post_all, wait_for
-from worker.service import Worker
 
 pytestmark = pytest.mark.integration
 

@@ -11,13 +11,13 @@ import aio_pika
 import orjson
 import pytest
 
+from botrelay.shared import topology
+from botrelay.shared.broker import make_message
+from botrelay.shared.headers import ATTEMPT, CONVERSATION, TRIGGER
+from botrelay.worker import dlq
+from botrelay.worker.service import Worker
 from examples.echo_bot import bot
-from shared import topology
-from shared.broker import make_message
-from shared.headers import ATTEMPT, CONVERSATION, TRIGGER
 from tests.helpers import ROOT, post_all, reply_counts, settings_env, text_callback, wait_for
-from worker import dlq
-from worker.service import Worker
 
 pytestmark = pytest.mark.integration
 
@@ -140,7 +140,7 @@ async def test_replaying_an_already_answered_callback_sends_nothing(
 
 
 def _cli(settings, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "shared.cli", "dlq", *args],
+    return subprocess.run([sys.executable, "-m", "botrelay.cli", "dlq", *args],
                           env=settings_env(settings), cwd=ROOT, capture_output=True, text=True,
                           timeout=60)
 

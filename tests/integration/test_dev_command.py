@@ -20,9 +20,9 @@ import pytest
 
 from tests.helpers import FIXTURES, ROOT, text_callback
 
-# The console script a user runs; ``python -m shared.cli`` is the same entry point.
+# The console script a user runs; ``python -m botrelay`` is the same entry point.
 BOTRELAY = [str(Path(sys.executable).with_name("botrelay"))] \
-    if Path(sys.executable).with_name("botrelay").exists() else [sys.executable, "-m", "shared.cli"]
+    if Path(sys.executable).with_name("botrelay").exists() else [sys.executable, "-m", "botrelay"]
 
 
 def _free_port() -> int:
@@ -32,14 +32,15 @@ def _free_port() -> int:
 
 
 class DevProcess:
-    def __init__(self, port: int, *extra: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, port: int, *extra: str, env: dict[str, str] | None = None,
+                 cwd: Path = ROOT) -> None:
         base = {k: v for k, v in os.environ.items() if not k.startswith("BOTRELAY_")}
         base.update(env or {})
         self.lines: list[str] = []
         self.proc = subprocess.Popen(
             [*BOTRELAY, "dev", "--host", "127.0.0.1",
              "--port", str(port), *extra],
-            cwd=ROOT, env=base, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            cwd=cwd, env=base, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
         )
         assert self.proc.stdout is not None
         os.set_blocking(self.proc.stdout.fileno(), False)
@@ -168,5 +169,27 @@ async def test_dev_also_sends_replies_when_an_api_key_is_set(fake_api) -> None:
         assert line == ("dead letter <- 2248348660ad9bd4:demo_bot:after_message:9100: "
                         "ReplyRejected: reply API answered 400: ERR_400 injected failure "
                         "(permanent, attempt 1)")
+    finally:
+        dev.stop()
+
+
+async def test_a_bot_folder_with_its_own_worker_shared_and_ingress_modules_runs(
+        tmp_path: Path) -> None:
+    """botrelay lives under one namespace, so a user's ``worker.py``, ``shared.py`` and
+    ``ingress.py`` beside the bot are the user's own: importing one of them would fail here."""
+    for name in ("worker", "shared", "ingress"):
+        (tmp_path / f"{name}.py").write_text(f"raise ImportError('the user\'s {name}.py')\n")
+    (tmp_path / "mybot.py").write_text(
+        "from botrelay import Bot, Message\n\nbot = Bot()\n\n\n@bot.on_text()\n"
+        "async def shout(msg: Message) -> str:\n    return msg.text.upper()\n")
+    port = _free_port()
+    dev = DevProcess(port, "--app", "mybot:bot", cwd=tmp_path)
+    try:
+        assert await asyncio.to_thread(dev.wait_for_line, "listening on", 20), dev.lines
+        status, answer = await _post(f"http://127.0.0.1:{port}/callback",
+                                     (FIXTURES / "bot_user_text.json").read_bytes())
+        assert status == 200 and answer["status"] == "queued"
+        line = await asyncio.to_thread(dev.wait_for_line, "reply ->", 5.0)
+        assert line == "reply -> user cometchat-uid-1: HI"
     finally:
         dev.stop()

@@ -11,15 +11,15 @@ import aio_pika
 import aiormq
 import pytest
 
-from shared import topology
-from shared.broker import make_message
-from shared.headers import CONVERSATION
-from shared.settings import Settings
+from botrelay.shared import topology
+from botrelay.shared.broker import make_message
+from botrelay.shared.headers import CONVERSATION
+from botrelay.shared.settings import Settings
+from botrelay.worker import dlq
+from botrelay.worker.drain import drain
+from botrelay.worker.service import Worker
 from tests.helpers import ROOT, post_all, settings_env, text_callback, wait_for
 from tests.integration import failing_bot
-from worker import dlq
-from worker.drain import drain
-from worker.service import Worker
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +46,7 @@ async def _exists(settings: Settings, queue: str) -> bool:
 
 async def _botrelay(settings: Settings, *args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "shared.cli", *args, env=settings_env(settings), cwd=ROOT,
+        sys.executable, "-m", "botrelay.cli", *args, env=settings_env(settings), cwd=ROOT,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     return proc.returncode or 0, out.decode(), err.decode()

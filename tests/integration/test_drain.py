@@ -9,13 +9,13 @@ import aio_pika
 import orjson
 import pytest
 
+from botrelay.shared import topology
+from botrelay.shared.broker import make_message
+from botrelay.shared.headers import ATTEMPT, CONVERSATION, TRIGGER
+from botrelay.worker.drain import drain
+from botrelay.worker.service import Worker
 from examples.echo_bot import bot
-from shared import topology
-from shared.broker import make_message
-from shared.headers import ATTEMPT, CONVERSATION, TRIGGER
 from tests.helpers import text_callback, wait_for
-from worker.drain import drain
-from worker.service import Worker
 
 pytestmark = pytest.mark.integration
 

@@ -12,8 +12,9 @@ import time
 
 import pytest
 
+from botrelay.shared.fake_cometchat import RunningFake
+from botrelay.worker.service import Worker
 from examples.echo_bot import bot
-from shared.fake_cometchat import RunningFake
 from tests.helpers import (
     WorkerGroup,
     generated,
@@ -23,7 +24,6 @@ from tests.helpers import (
     text_callback,
     wait_for,
 )
-from worker.service import Worker
 
 pytestmark = pytest.mark.integration
 

@@ -9,11 +9,11 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ingress.state import STATE
-from shared import topology
+from botrelay.ingress.state import STATE
+from botrelay.shared import topology
+from botrelay.worker import Bot, Message, Retry
+from botrelay.worker.service import Worker
 from tests.helpers import basic_auth, fixture, post_all, text_callback, wait_for
-from worker import Bot, Message, Retry
-from worker.service import Worker
 
 pytestmark = pytest.mark.integration
 

@@ -11,8 +11,10 @@ import aiohttp
 import orjson
 import pytest
 
-from shared.errors import Retry
-from shared.fake_cometchat import RunningFake
+from botrelay.shared.errors import Retry
+from botrelay.shared.fake_cometchat import RunningFake
+from botrelay.worker import Bot, Message
+from botrelay.worker.service import Worker
 from tests.helpers import (
     WorkerGroup,
     muid_counts,
@@ -20,8 +22,6 @@ from tests.helpers import (
     text_callback,
     wait_for,
 )
-from worker import Bot, Message
-from worker.service import Worker
 
 pytestmark = pytest.mark.integration
 

@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
+from botrelay.worker.service import Worker
 from examples.echo_bot import bot
 from tests.helpers import expected_reply, fixture, fixture_names, generated, post_all, wait_for
-from worker.service import Worker
 
 pytestmark = pytest.mark.integration
 

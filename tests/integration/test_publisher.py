@@ -14,8 +14,8 @@ import aiormq
 import pytest
 from pamqp import commands as spec
 
-from shared.broker import callback_properties
-from shared.publisher import ChannelClosed, ConfirmBatcher
+from botrelay.shared.broker import callback_properties
+from botrelay.shared.publisher import ChannelClosed, ConfirmBatcher
 
 pytestmark = pytest.mark.integration
 

@@ -13,19 +13,19 @@ from typing import Any
 
 import pytest
 
-from shared import topology
-from shared.broker import BrokerLink, make_message
-from shared.errors import PermanentError, Retry
-from shared.headers import ATTEMPT, CONVERSATION, TRIGGER
-from shared.settings import Settings
-from shared.topology import INBOUND_KEY
+from botrelay.dev import MemoryWorker
+from botrelay.shared import topology
+from botrelay.shared.broker import BrokerLink, make_message
+from botrelay.shared.errors import PermanentError, Retry
+from botrelay.shared.headers import ATTEMPT, CONVERSATION, TRIGGER
+from botrelay.shared.settings import Settings
+from botrelay.shared.topology import INBOUND_KEY
+from botrelay.worker import Bot, Message, dlq
+from botrelay.worker.memory_broker import MemoryBroker
+from botrelay.worker.retry import attempt_of
+from botrelay.worker.service import Worker
 from tests.conftest import RunningIngress
 from tests.helpers import post_all, text_callback, wait_for
-from worker import Bot, Message, dlq
-from worker.dev import MemoryWorker
-from worker.memory_broker import MemoryBroker
-from worker.retry import attempt_of
-from worker.service import Worker
 
 pytestmark = pytest.mark.integration
 
@@ -74,7 +74,7 @@ class BrokerPath:
         else:
             self.broker = BrokerLink(settings, "test-publisher")
             self.worker = Worker(settings, bot)
-        from ingress.app import make_app
+        from botrelay.ingress.app import make_app
 
         self.ingress = RunningIngress(make_app(settings, broker=self.broker,
                                                wait_for_broker=True))

@@ -8,7 +8,7 @@ import asyncio
 import aio_pika
 import pytest
 
-from worker.subscriptions import AmqpDelivery, Subscriptions
+from botrelay.worker.subscriptions import AmqpDelivery, Subscriptions
 
 pytestmark = pytest.mark.integration
 

@@ -10,14 +10,14 @@ import aiohttp
 import orjson
 import pytest
 
+from botrelay.dev import MemoryWorker
+from botrelay.ingress.app import make_app
+from botrelay.ingress.state import STATE
+from botrelay.shared.settings import Settings
+from botrelay.worker.memory_broker import MemoryBroker
 from examples.helpdesk_bot import bot
-from ingress.app import make_app
-from ingress.state import STATE
-from shared.settings import Settings
 from tests.conftest import RunningIngress
 from tests.helpers import fixture, wait_for
-from worker.dev import MemoryWorker
-from worker.memory_broker import MemoryBroker
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
-from shared import logs
-from shared.settings import Settings
+from botrelay.shared import logs
+from botrelay.shared.settings import Settings
 
 API_KEY = "ak-0123456789abcdef"
 PASSWORD = "hunter2-callback"

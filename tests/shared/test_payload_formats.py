@@ -8,11 +8,12 @@ import time
 
 import pytest
 
-from shared.errors import PayloadError
-from shared.payloads import HANDLED_TRIGGERS, parse_callback
+from botrelay.shared.errors import PayloadError
+from botrelay.shared.model import HANDLED_TRIGGERS
+from botrelay.shared.payloads import parse_callback
+from botrelay.worker import Bot, Message
+from botrelay.worker.testing import BotTester
 from tests.helpers import fixture
-from worker import Bot, Message
-from worker.testing import BotTester
 
 CONTENT_FIELDS = ("id", "sender", "receiver", "receiver_type", "conversation_id", "category",
                   "type", "text", "data", "mentions", "sent_at", "region", "app_id")

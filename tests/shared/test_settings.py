@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from shared.errors import SettingsError
-from shared.settings import Settings
+from botrelay.shared.errors import SettingsError
+from botrelay.shared.settings import Settings
 
 
 def test_defaults_match_the_design() -> None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from shared import topology
-from shared.settings import Settings
+from botrelay.shared import topology
+from botrelay.shared.settings import Settings
 
 
 def test_names() -> None:

@@ -6,11 +6,11 @@ import copy
 
 import pytest
 
-from shared.payloads import parse_callback
+from botrelay.shared.payloads import parse_callback
+from botrelay.worker import Bot, Message
+from botrelay.worker.reply import ReplyInvalid
+from botrelay.worker.testing import BotTester, text_callback
 from tests.helpers import fixture
-from worker import Bot, Message
-from worker.reply import ReplyInvalid
-from worker.testing import BotTester, text_callback
 
 
 def make_bot(uid: str | None = None, **options: bool) -> Bot:

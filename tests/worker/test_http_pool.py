@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 import uvloop
 
-from worker.http_pool import HttpConnectionError, HttpPool, HttpProtocolError
+from botrelay.worker.http_pool import HttpConnectionError, HttpPool, HttpProtocolError
 
 Reply = Callable[[bytes], Awaitable[bytes | None]]
 

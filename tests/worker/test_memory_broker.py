@@ -7,12 +7,12 @@ import asyncio
 import aiohttp
 import pytest
 
-from ingress.app import make_app
-from shared.broker import PUBLISH_ERRORS, BrokerUnavailable, make_message
-from shared.settings import Settings
+from botrelay.ingress.app import make_app
+from botrelay.shared.broker import PUBLISH_ERRORS, BrokerUnavailable, make_message
+from botrelay.shared.settings import Settings
+from botrelay.worker.memory_broker import MemoryBroker, MemoryDelivery, QueueFull
 from tests.conftest import RunningIngress
 from tests.helpers import text_callback, wait_for
-from worker.memory_broker import MemoryBroker, MemoryDelivery, QueueFull
 
 
 def _settings(**overrides: object) -> Settings:
@@ -143,8 +143,8 @@ async def test_the_ingress_answers_503_when_the_memory_queue_is_full_or_closed()
 
 
 async def test_moves_are_reported_and_described_for_dev() -> None:
-    from shared.headers import ATTEMPT, ERROR, ERROR_KIND
-    from worker.dev import describe_move
+    from botrelay.dev import describe_move
+    from botrelay.shared.headers import ATTEMPT, ERROR, ERROR_KIND
 
     moved: list[str] = []
     broker = MemoryBroker(_settings(), on_move=lambda stored: moved.append(describe_move(stored)))

@@ -6,8 +6,8 @@ from collections import Counter
 
 import pytest
 
-from worker.dedup import MemoryDedup, Status
-from worker.partitions import PartitionManager, SoloLeases, assign
+from botrelay.worker.dedup import MemoryDedup, Status
+from botrelay.worker.partitions import PartitionManager, SoloLeases, assign
 
 
 async def test_pen_parks_later_messages_until_the_head_settles() -> None:
@@ -66,7 +66,7 @@ def test_assignment_is_balanced_and_moves_little(partitions: int, workers: int) 
 
 @pytest.mark.parametrize("partitions", [1, 16])
 async def test_solo_worker_takes_every_partition(partitions: int) -> None:
-    from shared.settings import Settings
+    from botrelay.shared.settings import Settings
 
     subscribed: list[str] = []
 

@@ -17,15 +17,16 @@ import aio_pika
 import orjson
 import pytest
 
-from shared import topology
-from shared.broker import make_message
-from shared.headers import ATTEMPT, CONVERSATION, ERROR, ERROR_KIND
-from shared.payloads import Message, parse_body
-from shared.settings import Settings
+from botrelay.shared import topology
+from botrelay.shared.broker import make_message
+from botrelay.shared.headers import ATTEMPT, CONVERSATION, ERROR, ERROR_KIND
+from botrelay.shared.model import Message
+from botrelay.shared.payloads import parse_body
+from botrelay.shared.settings import Settings
+from botrelay.worker import Bot
+from botrelay.worker.service import Worker
 from tests.chaos.report import Figures, record
 from tests.helpers import text_callback, wait_for
-from worker import Bot
-from worker.service import Worker
 
 pytestmark = pytest.mark.integration
 

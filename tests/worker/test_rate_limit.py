@@ -8,8 +8,8 @@ import time
 import pytest
 import redis.asyncio as aioredis
 
-from shared.settings import Settings
-from worker.rate_limit import (
+from botrelay.shared.settings import Settings
+from botrelay.worker.rate_limit import (
     Limits,
     RateLimited,
     RateLimiter,

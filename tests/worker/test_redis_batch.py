@@ -8,7 +8,7 @@ import pytest
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from worker.redis_batch import ScriptBatcher
+from botrelay.worker.redis_batch import ScriptBatcher
 
 pytestmark = pytest.mark.integration
 

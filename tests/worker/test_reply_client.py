@@ -6,10 +6,10 @@ import time
 
 import pytest
 
-from shared.errors import PermanentError, TransientError
-from shared.fake_cometchat import FakeCometChat, FakeConfig, RunningFake
-from shared.settings import Settings
-from worker.reply_client import ReplyClient, ReplyRejected, retry_after_seconds
+from botrelay.shared.errors import PermanentError, TransientError
+from botrelay.shared.fake_cometchat import FakeCometChat, FakeConfig, RunningFake
+from botrelay.shared.settings import Settings
+from botrelay.worker.reply_client import ReplyClient, ReplyRejected, retry_after_seconds
 
 BODY = {"receiver": "cometchat-uid-1", "receiverType": "user", "category": "message",
         "type": "text", "data": {"text": "echo: hi"}, "muid": "br-1"}

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from shared.errors import PermanentError
-from shared.payloads import parse_callback
+from botrelay.shared.errors import PermanentError
+from botrelay.shared.payloads import parse_callback
+from botrelay.worker import Bot, Message, Reply
+from botrelay.worker.reply import MAX_DATA_BYTES, MAX_MESSAGE_BYTES, ReplyInvalid, muid, normalise
+from botrelay.worker.testing import BotTester, text_callback
 from tests.helpers import fixture
-from worker import Bot, Message, Reply
-from worker.reply import MAX_DATA_BYTES, MAX_MESSAGE_BYTES, ReplyInvalid, muid, normalise
-from worker.testing import BotTester, text_callback
 
 USER_MSG = parse_callback(fixture("bot_user_text")).message
 GROUP_MSG = parse_callback(fixture("bot_group_text")).message

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
-from shared.errors import PermanentError, Retry
-from shared.settings import Settings
+from botrelay.shared.errors import PermanentError, Retry
+from botrelay.shared.settings import Settings
+from botrelay.worker import Bot, Message
+from botrelay.worker.testing import BotTester, text_callback
 from tests.helpers import FIXTURES, fixture
-from worker import Bot, Message
-from worker.testing import BotTester, text_callback
 
 
 def flaky_bot(calls: Counter[str]) -> Bot:

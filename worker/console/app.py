@@ -12,11 +12,11 @@ from urllib.parse import urlencode, urlsplit
 
 from aiohttp import web
 
-from shared.settings import Settings
-from worker import dlq
-from worker.console import pages
-from worker.console.guard import Guard, unauthorized
-from worker.console.overview import History
+from botrelay.shared.settings import Settings
+from botrelay.worker import dlq
+from botrelay.worker.console import pages
+from botrelay.worker.console.guard import Guard, unauthorized
+from botrelay.worker.console.overview import History
 
 SETTINGS = web.AppKey("settings", Settings)
 GUARD = web.AppKey("guard", Guard)

@@ -10,8 +10,8 @@ import secrets
 
 from aiohttp import web
 
-from shared.errors import SettingsError
-from shared.settings import Settings
+from botrelay.shared.errors import SettingsError
+from botrelay.shared.settings import Settings
 
 REALM = 'Basic realm="botrelay console", charset="UTF-8"'
 

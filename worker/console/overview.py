@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 from aio_pika.abc import AbstractConnection
 
-from shared import topology
-from shared.broker import connect
-from shared.settings import Settings
-from worker.requeue import probe
+from botrelay.shared import topology
+from botrelay.shared.broker import connect
+from botrelay.shared.settings import Settings
+from botrelay.worker.requeue import probe
 
 # Partition queues are looked for up to this count, whatever this process's BOTRELAY_PARTITIONS,
 # so the console shows the partitions the workers use even when it runs with other settings.

@@ -8,8 +8,8 @@ from urllib.parse import quote, urlencode
 
 import orjson
 
-from worker.console.overview import Snapshot
-from worker.dlq import DeadLetter
+from botrelay.worker.console.overview import Snapshot
+from botrelay.worker.dlq import DeadLetter
 
 STYLE = """
 body{font:14px system-ui,sans-serif;margin:0;color:#222}

@@ -16,19 +16,19 @@ import sys
 from types import TracebackType
 from typing import Any, TextIO
 
-import orjson
 from aiohttp import web
 
-from shared.headers import ATTEMPT, ERROR, ERROR_KIND
-from shared.metrics import WorkerMetrics
-from shared.settings import Settings
-from shared.topology import DEAD_KEY
-from worker.bot import Bot
-from worker.consumer import Consumer, ReplySender
-from worker.dedup import DedupStore, MemoryDedup
-from worker.memory_broker import MemoryBroker, Stored
-from worker.reply_client import ReplyClient
-from worker.retry import Mover
+from botrelay.shared.headers import ATTEMPT, ERROR, ERROR_KIND
+from botrelay.shared.metrics import WorkerMetrics
+from botrelay.shared.settings import Settings
+from botrelay.shared.topology import DEAD_KEY
+from botrelay.worker.bot import Bot
+from botrelay.worker.consumer import Consumer, ReplySender
+from botrelay.worker.dedup import DedupStore, MemoryDedup
+from botrelay.worker.memory_broker import MemoryBroker, Stored
+from botrelay.worker.reply import describe_reply
+from botrelay.worker.reply_client import ReplyClient
+from botrelay.worker.retry import Mover
 
 log = logging.getLogger("botrelay.dev")
 
@@ -38,26 +38,6 @@ BANNER = (
     "record are lost when this process stops. For production run `botrelay ingress` and "
     "`botrelay worker` with RabbitMQ."
 )
-
-
-def describe_reply(body: dict[str, Any]) -> str:
-    """One readable line for a reply request body."""
-    data = body.get("data") or {}
-    text = data.get("text")
-    if body.get("category") == "custom":
-        custom = orjson.dumps(data.get("customData") or {}).decode()
-        content = f"[custom {body.get('type')}] {custom}"
-        if text:
-            content = f"{content} {text}"
-    elif body.get("type") in ("image", "video", "audio", "file"):
-        content = f"[{body['type']} {data.get('url', '')}]"
-        if text:
-            content = f"{content} {text}"
-    else:
-        content = str(text)
-    if data.get("metadata"):
-        content = f"{content} (metadata {orjson.dumps(data['metadata']).decode()})"
-    return f"reply -> {body.get('receiverType')} {body.get('receiver')}: {content}"
 
 
 def describe_move(stored: Stored) -> str:
@@ -151,7 +131,7 @@ class MemoryWorker:
 async def run_dev(settings: Settings, bot: Bot, stop: asyncio.Event, *,
                   out: TextIO | None = None) -> None:
     """Serve ``POST /callback`` on ``settings.host:port`` until ``stop`` is set."""
-    from ingress.app import make_app
+    from botrelay.ingress.app import make_app
 
     out = out or sys.stdout
     print(BANNER, file=out, flush=True)

@@ -19,16 +19,16 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from shared import logs
-from shared.errors import BotrelayError, SettingsError
-from shared.settings import Settings
+from botrelay.shared import logs
+from botrelay.shared.errors import BotrelayError, SettingsError
+from botrelay.shared.settings import Settings
 
 if TYPE_CHECKING:
-    from worker.bot import Bot
+    from botrelay.worker.bot import Bot
 
 log = logging.getLogger("botrelay")
 
-DEFAULT_APP = "examples.echo_bot:bot"
+DEFAULT_APP = "botrelay.echo_bot:bot"
 
 
 class UsageError(BotrelayError):
@@ -37,7 +37,7 @@ class UsageError(BotrelayError):
 
 def load_bot(spec: str) -> Bot:
     """Import ``MODULE:ATTR`` (from the current directory too) and check it is a ``Bot``."""
-    from worker.bot import Bot
+    from botrelay.worker.bot import Bot
 
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
@@ -50,7 +50,8 @@ def load_bot(spec: str) -> Bot:
         raise BotrelayError(f"unknown app {spec!r}: cannot import {exc.name!r}") from None
     bot = getattr(module, attr, None)
     if not isinstance(bot, Bot):
-        raise BotrelayError(f"unknown app {spec!r}: {attr!r} in {module_name} is not a worker.Bot")
+        raise BotrelayError(
+            f"unknown app {spec!r}: {attr!r} in {module_name} is not a botrelay.Bot")
     return bot
 
 
@@ -89,8 +90,8 @@ async def _until_signal() -> None:
 async def run_ingress(settings: Settings) -> None:
     from aiohttp import web
 
-    from ingress.app import make_app
-    from ingress.state import STATE
+    from botrelay.ingress.app import make_app
+    from botrelay.ingress.state import STATE
 
     app = make_app(settings)
     # An AppRunner keeps an idle connection, or one whose headers never end, for an hour by
@@ -113,7 +114,7 @@ async def run_ingress(settings: Settings) -> None:
 
 
 async def run_worker(settings: Settings, bot: Bot) -> None:
-    from worker.service import Worker
+    from botrelay.worker.service import Worker
 
     worker = Worker(settings, bot)
     await asyncio.wait_for(worker.start(), timeout=30)
@@ -128,7 +129,7 @@ async def run_worker(settings: Settings, bot: Bot) -> None:
 
 
 async def run_dev_command(settings: Settings, bot: Bot) -> None:
-    from worker.dev import run_dev
+    from botrelay.dev import run_dev
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -140,7 +141,7 @@ async def run_dev_command(settings: Settings, bot: Bot) -> None:
 async def run_fake(port: int, host: str, config: dict[str, Any]) -> None:
     from aiohttp import web
 
-    from shared.fake_cometchat import FakeCometChat, FakeConfig
+    from botrelay.shared.fake_cometchat import FakeCometChat, FakeConfig
 
     fake = FakeCometChat(FakeConfig(**config), echo=True)
     runner = web.AppRunner(fake.app(), access_log=None)
@@ -155,7 +156,7 @@ async def run_fake(port: int, host: str, config: dict[str, Any]) -> None:
 
 
 async def run_dlq(settings: Settings, args: argparse.Namespace) -> None:
-    from worker import dlq
+    from botrelay.worker import dlq
 
     if args.dlq_command == "list":
         letters = await dlq.list_letters(settings, args.limit)
@@ -194,7 +195,7 @@ async def run_dlq(settings: Settings, args: argparse.Namespace) -> None:
 
 
 async def run_drain(settings: Settings, old_partitions: int, delete: bool) -> None:
-    from worker.drain import drain
+    from botrelay.worker.drain import drain
 
     report = await drain(settings, old_partitions, delete=delete)
     for name, moved in report.moved.items():
@@ -206,8 +207,8 @@ async def run_drain(settings: Settings, old_partitions: int, delete: bool) -> No
 async def run_console(settings: Settings, host: str, port: int) -> None:
     from aiohttp import web
 
-    from worker.console.app import make_console
-    from worker.console.guard import check_auth_settings
+    from botrelay.worker.console.app import make_console
+    from botrelay.worker.console.guard import check_auth_settings
 
     check_auth_settings(settings)
     runner = web.AppRunner(make_console(settings), access_log=None)
@@ -231,12 +232,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int)
 
     p = sub.add_parser("worker", help="a worker running a bot")
-    p.add_argument("--app", default=DEFAULT_APP, help="MODULE:ATTR of a worker.Bot")
+    # Required: a production worker silently running the echo bot would answer real users.
+    p.add_argument("--app", required=True,
+                   help="MODULE:ATTR of a botrelay.Bot, e.g. examples.echo_bot:bot")
     p.add_argument("--concurrency", type=int)
     p.add_argument("--metrics-port", type=int, help="0 disables the metrics server")
 
     p = sub.add_parser("dev", help="ingress and worker in one process on an in-memory broker")
-    p.add_argument("--app", default=DEFAULT_APP, help="MODULE:ATTR of a worker.Bot")
+    p.add_argument("--app", default=DEFAULT_APP,
+                   help=f"MODULE:ATTR of a botrelay.Bot (default {DEFAULT_APP})")
     p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1: dev mode has no auth")
     p.add_argument("--port", type=int)
     p.add_argument("--log-format", choices=("text", "json"), default="text")
