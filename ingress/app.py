@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from botrelay.ingress.auth import BasicAuth
 from botrelay.ingress.callback import handle_callback, json_errors
 from botrelay.ingress.state import STATE, IngressState
+from botrelay.shared.basic_auth import BasicAuth
 from botrelay.shared.broker import BrokerLink
 from botrelay.shared.metrics import CONTENT_TYPE_LATEST, IngressMetrics, render
 from botrelay.shared.settings import Settings

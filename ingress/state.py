@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from botrelay.ingress.auth import BasicAuth
+from botrelay.shared.basic_auth import BasicAuth
 from botrelay.shared.metrics import IngressMetrics
 from botrelay.shared.settings import Settings
 from botrelay.shared.transport import Broker

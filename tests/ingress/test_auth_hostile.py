@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from botrelay.ingress import auth as auth_module
-from botrelay.ingress.auth import BasicAuth
+from botrelay.shared import basic_auth as auth_module
+from botrelay.shared.basic_auth import BasicAuth
 from botrelay.shared.settings import Settings
 from tests.chaos.hostile import dumps, fuzz
 from tests.chaos.live import Answer, LiveIngress, free_port

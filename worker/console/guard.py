@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import hmac
 import secrets
 
 from aiohttp import web
 
+from botrelay.shared.basic_auth import BasicAuth
 from botrelay.shared.errors import SettingsError
 from botrelay.shared.settings import Settings
 
@@ -28,8 +27,8 @@ def check_auth_settings(settings: Settings) -> None:
 class Guard:
     def __init__(self, settings: Settings) -> None:
         self.required = settings.console_auth == "basic"
-        self._user = (settings.console_username or "").encode()
-        self._password = (settings.console_password or "").encode()
+        self._username = settings.console_username or ""
+        self._auth = BasicAuth(self._username, settings.console_password or "")
         # Per process: a restart invalidates open forms, which only costs a reload.
         self._secret = secrets.token_bytes(32)
 
@@ -37,17 +36,7 @@ class Guard:
         """The authenticated user name ("" when auth is off), or None."""
         if not self.required:
             return ""
-        scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "basic":
-            return None
-        try:
-            user, sep, password = base64.b64decode(encoded, validate=True).partition(b":")
-        except (binascii.Error, ValueError):
-            return None
-        # Both compared, always, in constant time: the answer's timing tells nothing.
-        ok_user = hmac.compare_digest(user, self._user)
-        ok_password = hmac.compare_digest(password, self._password)
-        return user.decode("utf-8", "replace") if sep and ok_user and ok_password else None
+        return self._username if self._auth.check(request.headers.get("Authorization")) else None
 
     def token(self, user: str) -> str:
         """The CSRF token for forms of ``user``: another site cannot read it, so cannot forge a

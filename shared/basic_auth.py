@@ -1,4 +1,4 @@
-"""HTTP Basic auth for the callback, compared in constant time.
+"""HTTP Basic auth (the ingress's callback, the console), compared in constant time.
 
 Both sides are hashed first so the comparison always runs over 32 bytes: ``compare_digest`` on
 raw headers would leak the expected header's length through timing.
