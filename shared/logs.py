@@ -96,7 +96,7 @@ class TextFormatter(logging.Formatter):
 
 def secrets_of(settings: Settings) -> list[str]:
     values = [settings.callback_password, settings.cometchat_api_key]
-    for url in (settings.amqp_url, settings.redis_url):
+    for url in (*settings.amqp_urls, settings.redis_url):
         if url and "@" in url and "://" in url:
             creds = url.split("://", 1)[1].rsplit("@", 1)[0]
             if ":" in creds:
