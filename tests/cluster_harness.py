@@ -210,13 +210,9 @@ class RabbitCluster:
     def queue_leaders(self, prefix: str) -> dict[str, str]:
         """Queue name -> node leading it, for the queues under ``prefix``."""
         out = self.alive_node().ctl("list_queues", "name", "leader", "--quiet",
-                                    "--no-table-headers", "--formatter", "tsv")
-        leaders: dict[str, str] = {}
-        for line in out.splitlines():
-            parts = line.split("\t")
-            if len(parts) == 2 and parts[0].startswith(f"{prefix}."):
-                leaders[parts[0]] = parts[1]
-        return leaders
+                                    "--formatter", "json")
+        return {row["name"]: row["leader"] for row in json.loads(out)
+                if str(row.get("name", "")).startswith(f"{prefix}.")}
 
     def memory_mb(self) -> dict[str, float]:
         """Resident memory of each node's VM, from /proc."""

@@ -30,6 +30,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from botrelay.shared.errors import DedupUnavailable
+from botrelay.shared.redis_connect import make_redis
 from botrelay.shared.settings import Settings
 from botrelay.worker.redis_batch import ScriptBatcher
 
@@ -208,9 +209,8 @@ class RedisDedup:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RedisDedup:
-        assert settings.redis_url
-        client = aioredis.Redis.from_url(
-            settings.redis_url,
+        client = make_redis(
+            settings,
             socket_timeout=2.0,
             socket_connect_timeout=2.0,
             health_check_interval=15,
@@ -281,7 +281,7 @@ def pen_ttl(settings: Settings) -> float:
 
 
 def make_store(settings: Settings) -> DedupStore:
-    if settings.redis_url:
+    if settings.redis_enabled:
         return RedisDedup.from_settings(settings)
     log.warning(
         "BOTRELAY_REDIS_URL is not set: deduplication is in this process's memory. Right for "

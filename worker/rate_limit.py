@@ -27,6 +27,7 @@ import redis.exceptions
 
 from botrelay.shared.errors import Retry
 from botrelay.shared.metrics import WorkerMetrics
+from botrelay.shared.redis_connect import make_redis
 from botrelay.shared.settings import Settings
 from botrelay.worker.redis_batch import ScriptBatcher
 
@@ -245,9 +246,8 @@ class RedisRateLimiter(RateLimiter):
     @classmethod
     def from_settings(cls, settings: Settings, metrics: WorkerMetrics | None = None
                       ) -> RedisRateLimiter:
-        assert settings.redis_url
-        client = aioredis.Redis.from_url(
-            settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0,
+        client = make_redis(
+            settings, socket_timeout=2.0, socket_connect_timeout=2.0,
             health_check_interval=15, max_connections=settings.concurrency * 2,
         )
         return cls(client, settings.prefix, Limits.from_settings(settings), metrics)
@@ -300,8 +300,8 @@ def make_limiter(settings: Settings, metrics: WorkerMetrics | None = None,
     limits = Limits.from_settings(settings)
     if not limits.enabled:
         return None
-    if settings.redis_url and client is not None:
+    if settings.redis_enabled and client is not None:
         return RedisRateLimiter(client, settings.prefix, limits, metrics, owns_client=False)
-    if settings.redis_url:
+    if settings.redis_enabled:
         return RedisRateLimiter.from_settings(settings, metrics)
     return RateLimiter(limits, metrics)

@@ -26,6 +26,7 @@ from aiohttp import web
 from botrelay.shared import topology
 from botrelay.shared.broker import BrokerLink
 from botrelay.shared.metrics import CONTENT_TYPE_LATEST, WorkerMetrics, render
+from botrelay.shared.redis_connect import make_redis
 from botrelay.shared.settings import Settings
 from botrelay.worker.bot import Bot
 from botrelay.worker.consumer import Consumer
@@ -102,14 +103,13 @@ class Worker:
                  self._inbound, self.settings.concurrency, self.settings.ordering)
 
     def _leases(self) -> Leases:
-        if not self.settings.redis_url:
+        if not self.settings.redis_enabled:
             return SoloLeases(self.id)
         if isinstance(self.dedup, RedisDedup):
             # The dedup store's connection pool serves the leases too (it closes it at stop,
             # after the partitions were handed back).
             return RedisLeases(self.dedup.client, self.settings.prefix, self.id)
-        self._redis = aioredis.Redis.from_url(self.settings.redis_url, socket_timeout=2.0,
-                                              socket_connect_timeout=2.0)
+        self._redis = make_redis(self.settings, socket_timeout=2.0, socket_connect_timeout=2.0)
         return RedisLeases(self._redis, self.settings.prefix, self.id)
 
     async def _subscribe(self, name: str, prefetch: int, callback: Any) -> str:
