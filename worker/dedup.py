@@ -20,6 +20,7 @@ So a conversation's replies go out in arrival order even when one of them needs 
 from __future__ import annotations
 
 import enum
+import hashlib
 import logging
 import secrets
 import time
@@ -145,11 +146,22 @@ class MemoryDedup:
         self._keys.clear()
 
 
-# KEYS: state, progress[, pen, pen delay]; ARGV: token, lease ms, key, pen ttl ms.
-# Returns {status, n}: 0 claimed (n = replies sent), 1 done, 2 busy, 3 parked (n = delay ms).
+# Done marks. With a pen (ordered mode) a callback is remembered as one field of its
+# conversation's hash ``P:done:<pen>``: an 8-byte digest of its key -> the second it expires.
+# Redis stores a small hash as one packed listpack, about 35 bytes a callback against about 200
+# for a key of its own (``bench/dedup_memory.py``). Fields past their second are pruned as the
+# hash grows, and the hash itself expires a TTL after its last write. Without a pen, and for
+# marks written before, the state key holds 'done'.
+# KEYS: state, progress[, pen, pen delay[, done hash]]; ARGV: token, lease ms, key, pen ttl ms[,
+# done field]. Returns {status, n}: 0 claimed (n = replies sent), 1 done, 2 busy, 3 parked
+# (n = delay ms).
 _CLAIM = """
 local v = redis.call('GET', KEYS[1])
 local penned = #KEYS >= 3
+if #KEYS >= 5 and v ~= 'done' then
+  local expires = redis.call('HGET', KEYS[5], ARGV[5])
+  if expires and tonumber(expires) > tonumber(redis.call('TIME')[1]) then v = 'done' end
+end
 if v == 'done' then
   if penned and redis.call('LINDEX', KEYS[3], 0) == ARGV[3] then redis.call('LPOP', KEYS[3]) end
   return {1, 0}
@@ -167,9 +179,22 @@ if v and v ~= ARGV[1] then return {2, 0} end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return {0, tonumber(redis.call('GET', KEYS[2]) or '0')}
 """
-# KEYS: state, progress[, pen]; ARGV: ttl ms, key.
+# KEYS: state, progress[, pen[, done hash]]; ARGV: ttl ms, key[, done field].
 _DONE = """
-redis.call('SET', KEYS[1], 'done', 'PX', ARGV[1])
+if #KEYS >= 4 then
+  local now = tonumber(redis.call('TIME')[1])
+  local n = redis.call('HSET', KEYS[4], ARGV[3], now + math.ceil(ARGV[1] / 1000))
+  redis.call('PEXPIRE', KEYS[4], ARGV[1])
+  redis.call('DEL', KEYS[1])
+  if n == 1 and redis.call('HLEN', KEYS[4]) % 32 == 0 then
+    local all = redis.call('HGETALL', KEYS[4])
+    for i = 1, #all, 2 do
+      if tonumber(all[i + 1]) <= now then redis.call('HDEL', KEYS[4], all[i]) end
+    end
+  end
+else
+  redis.call('SET', KEYS[1], 'done', 'PX', ARGV[1])
+end
 redis.call('DEL', KEYS[2])
 if #KEYS >= 3 and redis.call('LINDEX', KEYS[3], 0) == ARGV[2] then redis.call('LPOP', KEYS[3]) end
 return 1
@@ -225,12 +250,18 @@ class RedisDedup:
     def pen_keys(self, pen: str) -> list[str]:
         return [f"{self.prefix}:pen:{pen}", f"{self.prefix}:pendelay:{pen}"]
 
+    def done_key(self, pen: str) -> str:
+        return f"{self.prefix}:done:{pen}"
+
     async def claim(self, key: str, pen: str | None = None) -> Claim:
         token = secrets.token_hex(16)
-        keys = self.keys(key) + (self.pen_keys(pen) if pen is not None else [])
+        keys = self.keys(key)
+        args: list[str | int | bytes] = [token, self.lease_ms, key, self.pen_ttl_ms]
+        if pen is not None:
+            keys += [*self.pen_keys(pen), self.done_key(pen)]
+            args.append(done_field(key))
         try:
-            status, n = await self._claim(
-                keys=keys, args=[token, self.lease_ms, key, self.pen_ttl_ms])
+            status, n = await self._claim(keys=keys, args=args)
         except _REDIS_ERRORS as exc:
             raise DedupUnavailable(f"dedup store unreachable: {type(exc).__name__}") from exc
         state = Status(int(status))
@@ -245,9 +276,13 @@ class RedisDedup:
             raise DedupUnavailable(f"dedup store unreachable: {type(exc).__name__}") from exc
 
     async def done(self, key: str, token: str, pen: str | None = None) -> None:
-        keys = self.keys(key) + (self.pen_keys(pen)[:1] if pen is not None else [])
+        keys = self.keys(key)
+        args: list[str | int | bytes] = [self.ttl_ms, key]
+        if pen is not None:
+            keys += [self.pen_keys(pen)[0], self.done_key(pen)]
+            args.append(done_field(key))
         try:
-            await self._done(keys=keys, args=[self.ttl_ms, key])
+            await self._done(keys=keys, args=args)
         except _REDIS_ERRORS as exc:
             raise DedupUnavailable(f"dedup store unreachable: {type(exc).__name__}") from exc
 
@@ -273,6 +308,12 @@ class RedisDedup:
     async def close(self) -> None:
         await self._batch.close()
         await self.client.aclose()
+
+
+def done_field(key: str) -> bytes:
+    """A callback's field in its conversation's done hash: 8 bytes of a digest of its key (two
+    keys of one conversation share it with odds of about n^2 / 2^65)."""
+    return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest()
 
 
 def pen_ttl(settings: Settings) -> float:
