@@ -328,7 +328,7 @@ class Consumer:
                       extra={"conversation": msg.conversation_id})
             self._abandoned.add(job)
             with contextlib.suppress(DedupUnavailable):
-                await self.dedup.release(key, claim.token)
+                await self.dedup.release(key, claim.token, ctx.pen)
         if ctx.timed_out:
             raise TransientError(
                 f"handler did not finish within {self.settings.handler_timeout:g}s")
@@ -363,7 +363,7 @@ class Consumer:
                 await self.replies.send(url, bodies[i])
                 if i + 1 < len(bodies):
                     try:
-                        await self.dedup.progress(key, i + 1)
+                        await self.dedup.progress(key, i + 1, ctx.pen)
                     except DedupUnavailable as exc:
                         raise Unrecorded(i + 1, exc) from exc
             try:
@@ -372,7 +372,7 @@ class Consumer:
                 raise Unrecorded(max(len(bodies), claim.sent), exc) from exc
         except BaseException:
             with contextlib.suppress(DedupUnavailable):
-                await self.dedup.release(key, claim.token)
+                await self.dedup.release(key, claim.token, ctx.pen)
             raise
         return len(bodies)
 

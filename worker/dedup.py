@@ -55,9 +55,9 @@ class Claim:
 
 class DedupStore(Protocol):
     async def claim(self, key: str, pen: str | None = None) -> Claim: ...
-    async def progress(self, key: str, sent: int) -> None: ...
+    async def progress(self, key: str, sent: int, pen: str | None = None) -> None: ...
     async def done(self, key: str, token: str, pen: str | None = None) -> None: ...
-    async def release(self, key: str, token: str) -> None: ...
+    async def release(self, key: str, token: str, pen: str | None = None) -> None: ...
     async def hold(self, key: str, pen: str, delay: float) -> None: ...
     async def unhold(self, key: str, pen: str) -> None: ...
     async def close(self) -> None: ...
@@ -110,7 +110,7 @@ class MemoryDedup:
         self._keys[key] = (token, now + self.lease)
         return Claim(Status.CLAIMED, token, self._sent.get(key, 0))
 
-    async def progress(self, key: str, sent: int) -> None:
+    async def progress(self, key: str, sent: int, pen: str | None = None) -> None:
         self._sent[key] = sent
 
     async def done(self, key: str, token: str, pen: str | None = None) -> None:
@@ -138,7 +138,7 @@ class MemoryDedup:
             if not entry[0]:
                 del self._pens[pen]
 
-    async def release(self, key: str, token: str) -> None:
+    async def release(self, key: str, token: str, pen: str | None = None) -> None:
         if self._get(key, time.monotonic()) == token:
             del self._keys[key]
 
@@ -244,18 +244,21 @@ class RedisDedup:
         return cls(client, settings.prefix, settings.dedup_lease, settings.dedup_ttl,
                    pen_ttl=pen_ttl(settings))
 
-    def keys(self, key: str) -> list[str]:
-        return [f"{self.prefix}:dedup:{key}", f"{self.prefix}:sent:{key}"]
+    # Every key one script touches shares a Redis Cluster hash tag, ``{conversation pen}`` (or
+    # ``{key}`` without one), so each call runs in one slot.
+    def keys(self, key: str, pen: str | None = None) -> list[str]:
+        tag = f"{{{pen}}}:{key}" if pen is not None else f"{{{key}}}"
+        return [f"{self.prefix}:dedup:{tag}", f"{self.prefix}:sent:{tag}"]
 
     def pen_keys(self, pen: str) -> list[str]:
-        return [f"{self.prefix}:pen:{pen}", f"{self.prefix}:pendelay:{pen}"]
+        return [f"{self.prefix}:pen:{{{pen}}}", f"{self.prefix}:pendelay:{{{pen}}}"]
 
     def done_key(self, pen: str) -> str:
-        return f"{self.prefix}:done:{pen}"
+        return f"{self.prefix}:done:{{{pen}}}"
 
     async def claim(self, key: str, pen: str | None = None) -> Claim:
         token = secrets.token_hex(16)
-        keys = self.keys(key)
+        keys = self.keys(key, pen)
         args: list[str | int | bytes] = [token, self.lease_ms, key, self.pen_ttl_ms]
         if pen is not None:
             keys += [*self.pen_keys(pen), self.done_key(pen)]
@@ -269,14 +272,14 @@ class RedisDedup:
             return Claim(state, delay=int(n) / 1000)
         return Claim(state, token if state is Status.CLAIMED else "", int(n))
 
-    async def progress(self, key: str, sent: int) -> None:
+    async def progress(self, key: str, sent: int, pen: str | None = None) -> None:
         try:
-            await self.client.set(self.keys(key)[1], sent, px=self.ttl_ms)
+            await self.client.set(self.keys(key, pen)[1], sent, px=self.ttl_ms)
         except _REDIS_ERRORS as exc:
             raise DedupUnavailable(f"dedup store unreachable: {type(exc).__name__}") from exc
 
     async def done(self, key: str, token: str, pen: str | None = None) -> None:
-        keys = self.keys(key)
+        keys = self.keys(key, pen)
         args: list[str | int | bytes] = [self.ttl_ms, key]
         if pen is not None:
             keys += [self.pen_keys(pen)[0], self.done_key(pen)]
@@ -299,9 +302,9 @@ class RedisDedup:
         except _REDIS_ERRORS as exc:
             raise DedupUnavailable(f"dedup store unreachable: {type(exc).__name__}") from exc
 
-    async def release(self, key: str, token: str) -> None:
+    async def release(self, key: str, token: str, pen: str | None = None) -> None:
         try:
-            await self._release(keys=self.keys(key)[:1], args=[token])
+            await self._release(keys=self.keys(key, pen)[:1], args=[token])
         except _REDIS_ERRORS as exc:
             raise DedupUnavailable(f"dedup store unreachable: {type(exc).__name__}") from exc
 

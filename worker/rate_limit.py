@@ -10,8 +10,9 @@ of the configured limit per second. Without ``BOTRELAY_REDIS_URL`` the same algo
 process memory (right for one worker); if Redis cannot be reached, a worker falls back to
 its in-memory bucket for that request rather than stop replying.
 
-Keys: ``{prefix}:rl:{app}`` and ``{prefix}:rl:{app}:to:{receiver}``; ``app`` is the reply API
-base URL, which names the app (``https://{appId}.api-{region}.cometchat.io/v3``).
+Keys: ``{prefix}:rl:{{app}}`` and ``{prefix}:rl:{{app}}:to:{receiver}``; ``app`` is the reply
+API base URL, which names the app (``https://{appId}.api-{region}.cometchat.io/v3``). The braces
+are a Redis Cluster hash tag: both buckets of one reservation sit in one slot.
 """
 
 from __future__ import annotations
@@ -253,7 +254,7 @@ class RedisRateLimiter(RateLimiter):
         return cls(client, settings.prefix, Limits.from_settings(settings), metrics)
 
     def keys(self, app: str, receiver: str) -> list[str]:
-        base = f"{self.prefix}:rl:{app}"
+        base = f"{self.prefix}:rl:{{{app}}}"
         return [base, f"{base}:to:{receiver}"]
 
     def _fallback(self, exc: BaseException) -> None:
