@@ -61,9 +61,9 @@ def failover_retry() -> dict[str, Any]:
     up to about 9 s, which covers a failover (about 2-4 s measured with down-after-milliseconds
     1000). So the callers wait out a failover instead of failing: a worker keeps a conversation's
     messages in order through it rather than delaying some of them. A call retried after its
-    first try did run (the answer was lost with the connection) is harmless: a claim then looks
-    held by another worker, so the message waits out the lease; every other script leaves the
-    same state when it runs twice."""
+    first try did run (the answer was lost with the connection) is harmless: a claim run again
+    with its own token claims again, and every other script leaves the same state when it runs
+    twice."""
     return {
         "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), FAILOVER_RETRIES),
         "retry_on_error": [redis.exceptions.ConnectionError, redis.exceptions.TimeoutError],

@@ -91,6 +91,7 @@ async def test_node_and_primary_deaths_lose_nothing(
     ingress = await IngressProcess(settings, free_port(), tmp_path / "ingress.log", env).start()
     workers = [await start_worker(settings, tmp_path / f"worker{i}.log", env) for i in range(2)]
     statuses: dict[tuple[int, int], int] = {}
+    latencies: list[float] = []
     posted = 0
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
@@ -98,11 +99,13 @@ async def test_node_and_primary_deaths_lose_nothing(
                 nonlocal posted
                 for m in range(PER_CONVERSATION):
                     # Each callback is posted once: a 503 would fail the test.
+                    sent_at = time.monotonic()
                     async with session.post(f"{ingress.url}/callback",
                                             data=orjson.dumps(_doc(c, m)),
                                             headers={"Content-Type": "application/json"}) as r:
                         await r.read()
                         statuses[(c, m)] = r.status
+                    latencies.append(time.monotonic() - sent_at)
                     posted += 1
                     await asyncio.sleep(PAUSE)
 
@@ -122,6 +125,9 @@ async def test_node_and_primary_deaths_lose_nothing(
         assert await wait_for(lambda: set(reply_counts(fake_api.fake)) >= expected,
                               timeout=90), _diagnose(cluster, prefix, expected, fake_api)
         await asyncio.sleep(2.0)  # a duplicate would arrive within this
+        latencies.sort()
+        print(f"\ncallback answer times: p50 {latencies[len(latencies) // 2] * 1000:.0f} ms, "
+              f"max {latencies[-1] * 1000:.0f} ms (the stall while the ingress moves node)")
         bad = {k: v for k, v in statuses.items() if not 200 <= v < 300}
         assert bad == {}
         counts = reply_counts(fake_api.fake)
