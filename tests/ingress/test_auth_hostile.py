@@ -40,6 +40,7 @@ def live(amqp_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Li
         port=free_port(), callback_username=USER, callback_password=PASSWORD,
         cometchat_api_key=API_KEY, log_format="json", log_level="DEBUG", metrics_port=None,
         retry_delays=(0.2, 0.5), handler_timeout=2.0, reply_budget=2.0, dedup_lease=5.0,
+        cometchat_app_id="2248348660ad9bd4",
     )
     log_path = Path(tmp_path_factory.mktemp("ingress")) / "ingress.log"
     ingress = LiveIngress(settings, log_path).start()
