@@ -205,7 +205,8 @@ def _code(text: str) -> list[str]:
             # A comment or the next command of a pipeline is not this command's flags.
             snippets += re.split(r"\s#\s|&&|;|\s\|\s", line)
     outside = re.sub(r"```[a-z]*\n.*?```", "", text, flags=re.S)
-    snippets += re.findall(r"`([^`\n]+)`", outside)
+    # A span may wrap onto the next line of its paragraph.
+    snippets += [" ".join(span.split()) for span in re.findall(r"`([^`]+)`", outside)]
     return snippets
 
 
