@@ -283,3 +283,25 @@ def test_every_command_is_in_the_readme() -> None:
     top = [c[0] for c in COMMANDS if len(c) == 1]
     assert {"ingress", "worker", "dev", "dlq", "fake-cometchat", "drain"} <= set(top)
     assert [c for c in top if f"botrelay {c}" not in readme] == []
+
+
+def test_settings_rows_live_only_in_configuration_md() -> None:
+    """One table of settings: a second copy elsewhere is how rows came to be duplicated."""
+    elsewhere = [f"{path.relative_to(ROOT)}:{n}" for path in DOCS if path != CONFIGURATION
+                 for n, line in enumerate(path.read_text().splitlines(), 1)
+                 if line.lstrip().startswith("| `BOTRELAY_")]
+    assert elsewhere == []
+
+
+def test_every_make_target_in_the_docs_exists() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    targets = set(re.findall(r"^([a-z][a-z-]*):", makefile, re.M))
+    named = {(str(path.relative_to(ROOT)), t) for path in DOCS
+             for snippet in _code(path.read_text())
+             for t in re.findall(r"(?<![\w-])make ([a-z][a-z-]*)", snippet)}
+    assert {"install", "test"} <= {t for _, t in named}
+    assert sorted((p, t) for p, t in named if t not in targets) == []
+
+
+def test_the_readme_is_short() -> None:
+    assert len((ROOT / "README.md").read_text().splitlines()) <= 300
