@@ -13,7 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from botrelay.ingress.app import make_app
+from botrelay.ingress.app import make_app, make_metrics_app
 from botrelay.shared import topology
 from botrelay.shared.fake_cometchat import RunningFake
 from botrelay.shared.settings import Settings
@@ -141,3 +141,19 @@ async def start_ingress() -> AsyncIterator[Callable[..., Any]]:
     yield start
     for ingress in running:
         await ingress.stop()
+
+
+@pytest.fixture
+async def ingress_metrics_url() -> AsyncIterator[Callable[..., Any]]:
+    """``await ingress_metrics_url(ingress)``: the URL of ``GET /metrics`` for a running ingress,
+    served apart from its callback port as ``botrelay ingress`` does."""
+    running: list[RunningIngress] = []
+
+    async def start(ingress: RunningIngress) -> str:
+        server = await RunningIngress(make_metrics_app(ingress.app)).start()
+        running.append(server)
+        return f"{server.url}/metrics"
+
+    yield start
+    for server in running:
+        await server.stop()

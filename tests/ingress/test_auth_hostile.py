@@ -158,7 +158,7 @@ def test_random_authorization_headers_get_401(live: LiveIngress, header: str) ->
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics"])
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/openapi.json"])
 def test_health_endpoints_reveal_nothing_sensitive(live: LiveIngress, path: str) -> None:
     answer = live.request("GET", path)
     assert answer.status == 200
@@ -167,6 +167,11 @@ def test_health_endpoints_reveal_nothing_sensitive(live: LiveIngress, path: str)
                live.settings.amqp_url]
     for secret in secrets:
         assert secret.encode() not in shown, f"{path} reveals {secret!r}"
+
+
+@pytest.mark.integration
+def test_metrics_are_not_served_on_the_callback_port(live: LiveIngress) -> None:
+    assert live.request("GET", "/metrics").status == 404
 
 
 # --- the comparison itself (no services needed) ---------------------------------------------
