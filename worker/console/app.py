@@ -7,7 +7,7 @@ Actions go in two steps: ``/dead/preview`` runs the operation as a dry run and s
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from urllib.parse import urlencode, urlsplit
 
 from aiohttp import web
@@ -15,7 +15,7 @@ from aiohttp import web
 from botrelay.shared.settings import Settings
 from botrelay.worker import dlq
 from botrelay.worker.console import pages
-from botrelay.worker.console.guard import Guard, unauthorized
+from botrelay.worker.console.guard import Guard, check_auth_settings, unauthorized
 from botrelay.worker.console.overview import History
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -67,9 +67,8 @@ def _selection(q: str, kind: str) -> dlq.Selection | None:
 
 
 async def overview(request: web.Request) -> web.Response:
-    history = request.app[HISTORY]
-    shot = await history.latest()
-    return web.Response(text=pages.overview(shot, history.samples), content_type="text/html")
+    view = await request.app[HISTORY].overview()
+    return web.Response(text=pages.overview(view), content_type="text/html")
 
 
 async def dead_letters(request: web.Request) -> web.Response:
@@ -126,6 +125,9 @@ async def preview(request: web.Request) -> web.Response:
 
 async def apply(request: web.Request) -> web.Response:
     op, _, _, q, kind, selection = await _parse_action(request)
+    if op == "purge" and (await request.post()).get("understood") != "on":
+        # The confirmation page's box; a client that skips the page must say so too.
+        return _error(400, "bad request", "purging needs understood=on (the confirmation)")
     report = await _run(request.app[SETTINGS], op, selection, dry_run=False)
     done = f"{'replayed' if op == 'replay' else 'purged'} {report.moved}"
     raise web.HTTPSeeOther("/dead?" + urlencode({"q": q, "kind": kind, "done": done}))
@@ -137,11 +139,16 @@ async def _sampling(app: web.Application) -> AsyncIterator[None]:
     await app[HISTORY].stop()
 
 
-def make_console(settings: Settings, *, sample_every: float = 5.0) -> web.Application:
+def make_console(settings: Settings, *, metrics_urls: Sequence[str] = (),
+                 sample_every: float = 5.0) -> web.Application:
+    """The console; ``metrics_urls`` are the ingresses' and workers' ``/metrics`` pages the
+    flow charts are drawn from. Refuses (SettingsError) to build without credentials unless
+    ``BOTRELAY_CONSOLE_AUTH=none``."""
+    check_auth_settings(settings)
     app = web.Application(middlewares=[_guard], client_max_size=1024 * 1024)
     app[SETTINGS] = settings
     app[GUARD] = Guard(settings)
-    app[HISTORY] = History(settings, sample_every)
+    app[HISTORY] = History(settings, sample_every, tuple(metrics_urls))
     app.cleanup_ctx.append(_sampling)
     app.router.add_get("/", overview)
     app.router.add_get("/dead", dead_letters)
