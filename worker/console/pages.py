@@ -86,6 +86,11 @@ def _fmt(value: float | None, unit: str) -> str:
     return f"{value:.1f}{unit}"
 
 
+def _last(values: Series) -> float | None:
+    """The latest known value: an idle last interval has no latency, the one before may."""
+    return next((v for v in reversed(values) if v is not None), None)
+
+
 def chart(label: str, lines: Sequence[Series], names: Sequence[str] = ("",),
           unit: str = "") -> str:
     """A small inline SVG line chart of the last samples (no charting library, no build step);
@@ -97,7 +102,7 @@ def chart(label: str, lines: Sequence[Series], names: Sequence[str] = ("",),
     top = max(max(known), 1e-9)
     step = 300 / (len(lines[0]) - 1)
     last = ", ".join(
-        f"<span style='color:{colour}'>{e(name)} {e(_fmt(values[-1], unit))}</span>"
+        f"<span style='color:{colour}'>{e(name)} {e(_fmt(_last(values), unit))}</span>"
         for colour, name, values in zip(COLOURS, names, lines, strict=False))
     return (f"<figure data-chart='{e(label)}'><svg width='300' height='62' role='img' "
             f"aria-label='{e(label)}'><rect width='300' height='62' fill='#fafbfc'/>"
