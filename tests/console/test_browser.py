@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from urllib.parse import quote
 
 import aiohttp
@@ -39,6 +40,18 @@ async def test_without_credentials_401_and_a_forged_post_changes_nothing(
                                     headers={"Authorization": AUTH}) as resp:
                 assert resp.status == 403
                 assert "CSRF" in (await resp.json())["detail"]
+        # The real token, but from another site's page; or without the purge confirmation.
+        async with session.get(pipeline.console_url + "/dead",
+                               headers={"Authorization": AUTH}) as resp:
+            token = re.findall(r"name='csrf' value='([0-9a-f]+)'", await resp.text())[0]
+        form = {"op": "purge-matching", "csrf": token, "understood": "on"}
+        async with session.post(pipeline.console_url + "/dead/apply", data=form, headers={
+                "Authorization": AUTH, "Origin": "http://evil.example"}) as resp:
+            assert resp.status == 403 and "cross-origin" in (await resp.json())["detail"]
+        del form["understood"]
+        async with session.post(pipeline.console_url + "/dead/apply", data=form,
+                                headers={"Authorization": AUTH}) as resp:
+            assert resp.status == 400 and "understood" in (await resp.json())["detail"]
 
     # The same from the logged-in browser: a form without the token, built on the page.
     await page.login()

@@ -100,3 +100,15 @@ async def test_overview_shows_each_worker_and_the_partitions_it_holds(
             assert sorted(rows[one.id]) == sorted(one.partitions.owned)
     finally:
         await stop_process(console)
+
+
+async def test_a_broker_that_does_not_answer_is_a_clear_503() -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    settings = Settings(amqp_url="amqp://guest:secret-pw@127.0.0.1:1/", console_auth="none")
+    async with TestClient(TestServer(make_console(settings, sample_every=60))) as client:
+        for path in ("/", "/dead", "/dead/some-id"):
+            resp = await client.get(path)
+            assert resp.status == 503
+            body = await resp.json()
+            assert body["error"] == "broker unavailable" and "secret-pw" not in str(body)
