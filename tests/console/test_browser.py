@@ -14,7 +14,8 @@ from tests.console.conftest import AUTH, DEAD_TEXTS, Page, Pipeline
 from tests.helpers import post_all, reply_counts, text_callback, wait_for
 from tests.integration import failing_bot
 
-pytestmark = pytest.mark.integration
+# The first test's setup may install Chromium with apt-get (minutes on a fresh machine).
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 
 async def _rows(page: Page) -> list[str]:

@@ -11,6 +11,7 @@ accepted), its p50 and p99 estimated from the bucket counts the way Prometheus's
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -125,11 +126,9 @@ class Scraper:
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=SCRAPE_TIMEOUT))
-        current: dict[str, Reading] = {}
-        for url in self.urls:
-            reading = await self._read(self._session, url)
-            if reading is not None:
-                current[url] = reading
+        # All at once: one hung process costs one timeout per sample, not one per URL.
+        readings = await asyncio.gather(*(self._read(self._session, url) for url in self.urls))
+        current = {url: r for url, r in zip(self.urls, readings, strict=True) if r is not None}
         point = combine(self._previous, current, at - self._previous_at, at, len(self.urls))
         self._previous, self._previous_at = current, at
         return point
