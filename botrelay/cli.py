@@ -211,14 +211,16 @@ async def run_drain(settings: Settings, old_partitions: int, delete: bool) -> No
           f"(ordering {settings.ordering}, {settings.partitions} partitions)")
 
 
-async def run_console(settings: Settings, host: str, port: int) -> None:
+async def run_console(settings: Settings, host: str, port: int, metrics_urls: list[str],
+                      sample_seconds: float) -> None:
     from aiohttp import web
 
     from botrelay.worker.console.app import make_console
     from botrelay.worker.console.guard import check_auth_settings
 
     check_auth_settings(settings)
-    runner = web.AppRunner(make_console(settings), access_log=None)
+    app = make_console(settings, metrics_urls=metrics_urls, sample_every=sample_seconds)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     log.info("console on http://%s:%d/", host, port)
@@ -269,6 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("console", help="the operator's console: dead letters, queue depths")
     p.add_argument("--host", dest="console_host", default="127.0.0.1")
     p.add_argument("--port", dest="console_port", type=int, default=8090)
+    p.add_argument("--metrics-url", dest="metrics_urls", action="append", default=[],
+                   metavar="URL", help="an ingress or worker /metrics page for the flow charts "
+                   "(repeat for each process)")
+    p.add_argument("--sample-seconds", type=float, default=5.0,
+                   help="how often depths and metrics are sampled for the charts (default 5)")
 
     dlq = sub.add_parser("dlq", help="inspect, replay and purge dead letters")
     dsub = dlq.add_subparsers(dest="dlq_command", required=True)
@@ -310,7 +317,8 @@ def _command(args: argparse.Namespace, settings: Settings) -> Coroutine[Any, Any
                   "latency": args.latency, "rate_limit": args.rate_limit}
         return run_fake(args.port, args.host, config)
     if args.command == "console":
-        return run_console(settings, args.console_host, args.console_port)
+        return run_console(settings, args.console_host, args.console_port, args.metrics_urls,
+                           args.sample_seconds)
     if args.command == "drain":
         return run_drain(settings, args.from_partitions, args.delete)
     return run_dlq(settings, args)
