@@ -21,7 +21,7 @@ import orjson
 
 from botrelay.shared import logs
 from botrelay.shared.errors import BotrelayError, SettingsError
-from botrelay.shared.settings import Settings
+from botrelay.shared.settings import Settings, unknown_names
 
 if TYPE_CHECKING:
     from botrelay.worker.bot import Bot
@@ -90,7 +90,7 @@ async def _until_signal() -> None:
 async def run_ingress(settings: Settings) -> None:
     from aiohttp import web
 
-    from botrelay.ingress.app import make_app
+    from botrelay.ingress.app import make_app, make_metrics_app
     from botrelay.ingress.state import STATE
 
     app = make_app(settings)
@@ -101,6 +101,11 @@ async def run_ingress(settings: Settings) -> None:
     await runner.setup()
     await web.TCPSite(runner, settings.host, settings.port, backlog=1024).start()
     log.info("ingress listening on http://%s:%d/callback", settings.host, settings.port)
+    metrics_runner = None
+    if settings.metrics_port:
+        metrics_runner = web.AppRunner(make_metrics_app(app), access_log=None)
+        await metrics_runner.setup()
+        await web.TCPSite(metrics_runner, settings.host, settings.metrics_port).start()
     _freeze_heap()
     try:
         await _until_signal()
@@ -110,6 +115,8 @@ async def run_ingress(settings: Settings) -> None:
         app[STATE].closing = True
         log.info("ingress shutting down")
         await runner.cleanup()
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
         log.info("ingress stopped")
 
 
@@ -232,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ingress", help="the HTTP ingress")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
+    p.add_argument("--metrics-port", type=int, help="0 disables the metrics server")
 
     p = sub.add_parser("worker", help="a worker running a bot")
     # Required: a production worker silently running the echo bot would answer real users.
@@ -324,6 +332,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "dev":
             settings = settings.replace(log_format=args.log_format)
         logs.configure(settings)
+        for line in unknown_names():
+            log.warning(line)
+        if args.command == "ingress":
+            settings.check_ingress()
+        elif args.command == "worker":
+            settings.check_replies()
         _run(_command(args, settings), settings)
     except UsageError as exc:
         print(f"botrelay: {exc}", file=sys.stderr)

@@ -20,12 +20,13 @@ from botrelay.shared.settings import Settings
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULTS = Settings()
 ENV_NAMES = set(DEFAULTS.env_names().values())
-_INTERPOLATION = re.compile(r"\$\{([A-Z_]+)(?::?-([^}]*))?\}")
+_INTERPOLATION = re.compile(r"\$\{([A-Z_]+)(?::?-([^}]*)|(:\?[^}]*))?\}")
 
 
 def interpolate(value: str) -> str:
-    """What compose makes of ``${VAR:-default}`` with nothing set: the default."""
-    return _INTERPOLATION.sub(lambda m: m.group(2) or "", value)
+    """What compose makes of ``${VAR:-default}`` with nothing set: the default; a required
+    ``${VAR:?message}`` stands for a value the operator sets (here a plain word)."""
+    return _INTERPOLATION.sub(lambda m: "required" if m.group(3) else m.group(2) or "", value)
 
 
 def seconds(duration: str) -> float:
@@ -152,7 +153,15 @@ def test_deployments_match_the_code(k8s, name, command, port_field):
     assert args.command == command
     port = getattr(settings.replace(**{port_field: getattr(args, port_field, None)}), port_field)
     assert port == getattr(DEFAULTS, port_field)
-    assert [p["containerPort"] for p in container(doc)["ports"]] == [port]
+    ports = [p["containerPort"] for p in container(doc)["ports"]]
+    assert ports[0] == port
+    if command == "ingress":  # its metrics are served apart from the public port
+        metrics = settings.replace(metrics_port=args.metrics_port).metrics_port
+        assert ports == [port, metrics]
+        annotations = doc["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/port"] == str(metrics)
+    else:
+        assert ports == [port]
     probes = {kind: container(doc)[kind]["httpGet"] for kind in ("readinessProbe", "livenessProbe")}
     if "startupProbe" in container(doc):
         probes["startupProbe"] = container(doc)["startupProbe"]["httpGet"]

@@ -85,7 +85,7 @@ class ReplySender(Protocol):
     """What the consumer needs to send replies: ``worker.reply_client.ReplyClient``, or a stand-in
     (``botrelay dev`` prints them, the testing kit records them)."""
 
-    def url(self, app_id: str, region: str | None, bot: str) -> str: ...
+    def url(self, app_id: str, bot: str) -> str: ...
 
     async def send(self, url: str, body: dict[str, Any]) -> dict[str, Any]: ...
 
@@ -354,8 +354,7 @@ class Consumer:
                 raise TransientError(
                     f"handler did not finish within {self.settings.handler_timeout:g}s")
             # Only a bot that replies needs to know who it is (webhook events name no bot).
-            url = self.replies.url(msg.app_id, msg.region,
-                                   self.bot.sender_uid(msg)) if replies else ""
+            url = self.replies.url(msg.app_id, self.bot.sender_uid(msg)) if replies else ""
             # Every body first: an invalid reply fails the message before anything is sent.
             bodies = [reply.body(msg, muid(key, i)) for i, reply in enumerate(replies)]
             ctx.delivering = True  # from here a reply may go out

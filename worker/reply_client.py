@@ -14,6 +14,7 @@ import email.utils
 import logging
 import time
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 from tenacity import (
@@ -24,6 +25,7 @@ from tenacity import (
 )
 
 from botrelay.shared.errors import PermanentError, TransientError
+from botrelay.shared.identity import UID, matches
 from botrelay.shared.metrics import WorkerMetrics
 from botrelay.shared.settings import Settings
 from botrelay.worker.http_pool import HttpError, HttpPool
@@ -113,25 +115,45 @@ class _BudgetSpent:
         return time.monotonic() - self.started + (state.upcoming_sleep or 0.0) >= self.budget
 
 
+class UnknownApp(PermanentError):
+    """A message for an app this worker is not configured for: nothing is sent anywhere."""
+
+
 class ReplyClient:
+    """Replies for the configured apps only. The URL and the API key of a reply both come from
+    the configured app its ``appId`` selects; a payload value never names a host, and a key is
+    only ever sent to its own app's API base."""
+
     def __init__(self, settings: Settings, metrics: WorkerMetrics | None = None,
                  limiter: RateLimiter | None = None, user_agent: str | None = None) -> None:
         self.settings = settings
         self.metrics = metrics
         # Outbound rate limit per app (the API base names it) and per receiver.
         self.limiter = limiter or make_limiter(settings, metrics)
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if settings.cometchat_api_key:
-            headers["apikey"] = settings.cometchat_api_key
-        # Names the sending worker in the API provider's logs (and in the fake's record).
-        headers["User-Agent"] = user_agent or "botrelay-worker"
-        self.http = HttpPool(limit=max(100, settings.concurrency * 2),
-                             connect_timeout=settings.reply_timeout, headers=headers)
+        self._bases: dict[str, str] = {}  # app id -> API base
+        self._pools: dict[str, HttpPool] = {}  # API base -> its connections, with its key
+        for app in settings.apps_by_id().values():
+            base = app.api_base(settings.cometchat_api_base)
+            headers = {"Content-Type": "application/json", "Accept": "application/json"}
+            if app.api_key:
+                headers["apikey"] = app.api_key
+            # Names the sending worker in the API provider's logs (and in the fake's record).
+            headers["User-Agent"] = user_agent or "botrelay-worker"
+            self._bases[app.id] = base
+            self._pools[base] = HttpPool(limit=max(100, settings.concurrency * 2),
+                                         connect_timeout=settings.reply_timeout,
+                                         headers=headers)
         self._wait = _Wait()
 
-    def url(self, app_id: str, region: str | None, bot: str) -> str:
-        base = self.settings.cometchat_api_base.format(appId=app_id, region=region or "us")
-        return f"{base.rstrip('/')}/bots/{bot}/messages"
+    def url(self, app_id: str, bot: str) -> str:
+        """The reply URL for ``bot`` of configured app ``app_id``; ``UnknownApp`` otherwise."""
+        base = self._bases.get(app_id)
+        if base is None:
+            raise UnknownApp(f"app {app_id!r} is not configured (BOTRELAY_COMETCHAT_APP_ID or "
+                             "BOTRELAY_COMETCHAT_APPS_FILE): no reply sent")
+        if not matches(UID, bot):
+            raise PermanentError(f"bot uid {bot!r} is not a CometChat UID: no reply sent")
+        return f"{base}/bots/{quote(bot, safe='')}/messages"
 
     async def send(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST one reply, retrying within the budget; the API's ``data`` on success."""
@@ -171,8 +193,11 @@ class ReplyClient:
         started = time.perf_counter()
         status = "error"
         try:
+            pool = self._pools.get(_app_of(url))
+            if pool is None:  # only url() makes URLs: anything else is never sent, key or not
+                raise UnknownApp("a reply URL outside the configured apps' API bases")
             async with asyncio.timeout(self.settings.reply_timeout):
-                resp = await self.http.post(url, payload)
+                resp = await pool.post(url, payload)
             status = str(resp.status)
             if 200 <= resp.status < 300:
                 return _data(resp.body)
@@ -189,7 +214,8 @@ class ReplyClient:
                 self.metrics.reply_seconds.observe(time.perf_counter() - started)
 
     async def close(self) -> None:
-        await self.http.close()
+        for pool in self._pools.values():
+            await pool.close()
         if self.limiter is not None:
             await self.limiter.close()
 

@@ -60,7 +60,8 @@ def live(amqp_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Li
         amqp_url=amqp_url, prefix=f"t{uuid.uuid4().hex[:10]}", host="127.0.0.1",
         port=free_port(), max_body=MAX_BODY, body_timeout=BODY_TIMEOUT, log_format="text",
         log_level="WARNING", metrics_port=None, retry_delays=(0.2, 0.5), handler_timeout=2.0,
-        reply_budget=2.0, dedup_lease=5.0,
+        reply_budget=2.0, dedup_lease=5.0, cometchat_app_id="2248348660ad9bd4",
+        callback_auth="none",
     )
     log_path = Path(tmp_path_factory.mktemp("ingress")) / "ingress.log"
     ingress = LiveIngress(settings, log_path).start()
@@ -102,6 +103,8 @@ def agrees(live: LiveIngress, body: bytes) -> Answer:
     verdict = expected(body)
     if verdict == "rejected":
         assert answer.status == 400, (answer.status, answer.body[:300])
+    elif verdict == "forbidden":
+        assert answer.status == 403, (answer.status, answer.body[:300])
     elif answer.status != 503:
         assert answer.status == 200 and answer.json()["status"] == verdict, answer.body[:300]
     return answer
