@@ -1,4 +1,4 @@
-"""The reply client: keep-alive connections (``worker.http_pool``), tenacity around each POST,
+"""The reply client: keep-alive connections (``worker.http_client``), tenacity around each POST,
 ``Retry-After`` honoured.
 
 Only what ``RETRYABLE`` names is retried, and only within the inline budget
@@ -26,7 +26,7 @@ from tenacity import (
 from botrelay.shared.errors import PermanentError, TransientError
 from botrelay.shared.metrics import WorkerMetrics
 from botrelay.shared.settings import Settings
-from botrelay.worker.http_pool import HttpError, HttpPool
+from botrelay.worker.http_client import HttpClient, HttpError
 from botrelay.worker.rate_limit import RateLimiter, make_limiter
 
 log = logging.getLogger("botrelay.reply")
@@ -54,7 +54,8 @@ class ReplyFailed(TransientError):
 
 # The single definition of what the reply client retries: 408/429/5xx, a connection that failed
 # or closed mid-answer, an answer that is not HTTP at all (a broken proxy in between), and no
-# answer within BOTRELAY_REPLY_TIMEOUT.
+# answer within BOTRELAY_REPLY_TIMEOUT. Only a request that never reached the server is sent
+# again below this (``worker.http_client``); each of these is a counted attempt.
 RETRYABLE: tuple[type[BaseException], ...] = (
     ReplyFailed,
     HttpError,
@@ -125,8 +126,9 @@ class ReplyClient:
             headers["apikey"] = settings.cometchat_api_key
         # Names the sending worker in the API provider's logs (and in the fake's record).
         headers["User-Agent"] = user_agent or "botrelay-worker"
-        self.http = HttpPool(limit=max(100, settings.concurrency * 2),
-                             connect_timeout=settings.reply_timeout, headers=headers)
+        self.http = HttpClient(limit=max(100, settings.concurrency * 2),
+                               connect_timeout=settings.reply_timeout,
+                               read_timeout=settings.reply_timeout, headers=headers)
         self._wait = _Wait()
 
     def url(self, app_id: str, region: str | None, bot: str) -> str:
