@@ -21,9 +21,10 @@ What users get, as from any HTTP client:
 
 Re-sending: a request is sent again without the caller knowing only when it provably never
 reached the server: hyper does it for a pooled connection found closed before the request was
-written, this module once for a connection that could not be opened (refused, unreachable,
-TLS or proxy failure). Every other failure is raised as an ``HttpError`` for the caller's retry
-rules, which count it: the request may have been processed.
+written, this module (a few times, at once) for a connection that could not be opened (refused,
+unreachable, TLS or proxy failure) and for an HTTP/2 stream the server turned away unprocessed.
+Every other failure is raised as an ``HttpError`` for the caller's retry rules, which count it:
+the request may have been processed.
 """
 
 from __future__ import annotations
@@ -45,6 +46,21 @@ log = logging.getLogger("botrelay.http")
 KEEPALIVE = 15.0
 # Idle connections kept per origin; each app is an origin of its own.
 MAX_IDLE_PER_ORIGIN = 32
+# Times a request that provably never reached the server is sent again at once. An HTTP/2
+# server that ends a connection after a few streams (nginx's keepalive_requests) turns away
+# the streams past its count on every connection, so one re-send is not always enough.
+RESENDS = 4
+
+# What hyper, h2 and reqwest say (innermost causes) when the server provably did not act on a
+# request: no connection was made (refused, unreachable, TLS or proxy refused), or HTTP/2 said
+# so itself (RFC 9113 8.7: GOAWAY's graceful close for the streams past its last stream id, and
+# REFUSED_STREAM). A stream cut by the connection's end reads differently ("broken pipe") and is
+# not among these: the server may have acted on it.
+_UNPROCESSED = (
+    "client error (Connect)",
+    "connection error received: not a result of an error",
+    "stream error received: refused stream before processing any application logic",
+)
 
 
 class HttpError(Exception):
@@ -102,7 +118,7 @@ class HttpClient:
         if agent is not None:
             builder = builder.user_agent(agent)
         self._client: Client = builder.build()
-        self.resent_unconnected = 0  # requests sent again because no connection could be made
+        self.resent_unprocessed = 0  # requests sent again because they never reached the server
 
     async def post(self, url: str, body: bytes) -> Response:
         """POST ``body`` and read the whole answer; any status is returned, not raised. Under a
@@ -115,14 +131,15 @@ class HttpClient:
         return await self._send(lambda: self._client.get(url))
 
     async def _send(self, request: _Build) -> Response:
-        try:
-            return await _once(request())
-        except HttpConnectionError as exc:
-            if not _never_connected(exc):
-                raise
-        # Nothing reached the server: one more try on a fresh connection (a restarted server,
-        # the next address of the name), then the caller's retry rules decide.
-        self.resent_unconnected += 1
+        for _ in range(RESENDS):
+            try:
+                return await _once(request())
+            except HttpError as exc:
+                if not _never_reached_server(exc):
+                    raise
+            # Nothing reached the server: try again at once on another connection; past
+            # RESENDS, the caller's retry rules decide (with backoff, counted).
+            self.resent_unprocessed += 1
         return await _once(request())
 
     async def close(self) -> None:
@@ -149,13 +166,9 @@ async def _once(builder: RequestBuilder) -> Response:
     return Response(answer.status, answer.headers, body.to_bytes(), answer.version)
 
 
-def _never_connected(exc: HttpConnectionError) -> bool:
-    """True when reqwest failed while opening the connection: hyper reports a failure after
-    the request was handed to a connection as ``SendRequest``, one before as ``Connect``."""
-    cause = exc.__cause__
-    details = getattr(cause, "details", None) or {}
-    return any(c.get("message") == "client error (Connect)"
-               for c in details.get("causes") or ())
+def _never_reached_server(exc: HttpError) -> bool:
+    details = getattr(exc.__cause__, "details", None) or {}
+    return any(c.get("message", "").endswith(_UNPROCESSED) for c in details.get("causes") or ())
 
 
 def _describe(exc: rq.RequestError) -> str:

@@ -13,6 +13,7 @@ import pytest
 import uvloop
 
 from botrelay.worker.http_client import (
+    RESENDS,
     HttpClient,
     HttpConnectionError,
     HttpProtocolError,
@@ -208,7 +209,7 @@ def test_a_connection_the_server_closed_while_idle_is_not_used(run):
                 assert (await client.post(raw.url, b"{}")).status == 200
                 await asyncio.sleep(0.02)
             assert (raw.connections, len(raw.requests)) == (4, 4)
-            assert client.resent_unconnected == 0
+            assert client.resent_unprocessed == 0
             await client.close()
 
     run(scenario())
@@ -224,13 +225,13 @@ def test_a_reset_after_the_request_arrived_is_raised_not_resent(run):
             with pytest.raises(HttpConnectionError):
                 await client.post(raw.url, b"{}")
             assert len(raw.requests) == 1  # the server may have acted on it: never re-sent
-            assert client.resent_unconnected == 0
+            assert client.resent_unprocessed == 0
             await client.close()
 
     run(scenario())
 
 
-def test_a_refused_connection_is_tried_once_more_then_raised(run):
+def test_a_refused_connection_is_tried_again_a_few_times_then_raised(run):
     async def scenario() -> None:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
@@ -238,7 +239,7 @@ def test_a_refused_connection_is_tried_once_more_then_raised(run):
         client = HttpClient(connect_timeout=1.0)
         with pytest.raises(HttpConnectionError, match="refused"):
             await client.post(f"http://127.0.0.1:{port}/x", b"{}")
-        assert client.resent_unconnected == 1
+        assert client.resent_unprocessed == RESENDS
         await client.close()
 
     run(scenario())
