@@ -199,3 +199,51 @@ class Nginx:
     def stop(self) -> None:
         if self.process is not None:
             stop(self.process)
+
+
+_TINYPROXY = """
+Port {port}
+Listen 127.0.0.1
+Timeout 30
+LogFile "{folder}/tinyproxy.log"
+LogLevel Info
+PidFile "{folder}/tinyproxy.pid"
+MaxClients 64
+Allow 127.0.0.1
+{connect_ports}
+"""
+
+
+class Tinyproxy:
+    """Debian's tinyproxy as an egress proxy on 127.0.0.1; CONNECT allowed to ``connect_ports``
+    only (as tinyproxy's default allows 443 only). ``log()`` is what it has logged so far."""
+
+    def __init__(self, folder: Path, connect_ports: tuple[int, ...]) -> None:
+        self.binary = installed("tinyproxy", "tinyproxy")
+        self.folder = folder
+        self.connect_ports = connect_ports
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Tinyproxy:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        conf = self.folder / "tinyproxy.conf"
+        conf.write_text(_TINYPROXY.format(
+            port=self.port, folder=self.folder,
+            connect_ports="\n".join(f"ConnectPort {p}" for p in self.connect_ports)))
+        self.process = subprocess.Popen([self.binary, "-d", "-c", str(conf)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_listening(self.port, self.process, self.folder / "tinyproxy.log")
+        return self
+
+    def log(self) -> str:
+        path = self.folder / "tinyproxy.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop(self.process)
