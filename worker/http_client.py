@@ -44,8 +44,6 @@ log = logging.getLogger("botrelay.http")
 # Idle connections are closed after this long (aiohttp's default too): servers and load balancers
 # close theirs after a while, and a request sent just as they do fails and has to be retried.
 KEEPALIVE = 15.0
-# Idle connections kept per origin; each app is an origin of its own.
-MAX_IDLE_PER_ORIGIN = 32
 # Times a request that provably never reached the server is sent again at once. An HTTP/2
 # server that ends a connection after a few streams (nginx's keepalive_requests) turns away
 # the streams past its count on every connection, so one re-send is not always enough.
@@ -98,17 +96,18 @@ class Response:
 class HttpClient:
     def __init__(self, *, limit: int = 100, connect_timeout: float = 5.0,
                  read_timeout: float | None = None, headers: Mapping[str, str] | None = None,
-                 keepalive: float = KEEPALIVE,
-                 max_idle_per_origin: int = MAX_IDLE_PER_ORIGIN) -> None:
-        """``limit``: requests in flight over all origins (callers beyond it wait for a slot).
-        ``headers``: sent with every request; ``User-Agent`` among them names the client."""
+                 keepalive: float = KEEPALIVE) -> None:
+        """``limit``: requests in flight over all origins (callers beyond it wait for a slot),
+        and idle connections kept per origin (each app is an origin of its own; idle ones go
+        after ``keepalive`` seconds). ``headers``: sent with every request; ``User-Agent``
+        among them names the client."""
         fixed = dict(headers or {})
         agent = fixed.pop("User-Agent", None)
         builder = (ClientBuilder()
                    .max_connections(limit)
                    .connect_timeout(timedelta(seconds=connect_timeout))
                    .pool_idle_timeout(timedelta(seconds=keepalive))
-                   .pool_max_idle_per_host(max_idle_per_origin)
+                   .pool_max_idle_per_host(limit)
                    .follow_redirects(False)
                    .referer(False)
                    .http2(True)
@@ -137,9 +136,10 @@ class HttpClient:
             except HttpError as exc:
                 if not _never_reached_server(exc):
                     raise
-            # Nothing reached the server: try again at once on another connection; past
-            # RESENDS, the caller's retry rules decide (with backoff, counted).
-            self.resent_unprocessed += 1
+                # Nothing reached the server: again at once, on another connection; past
+                # RESENDS, the caller's retry rules decide (with backoff, counted).
+                self.resent_unprocessed += 1
+                log.debug("sending again a request that never reached the server: %s", exc)
         return await _once(request())
 
     async def close(self) -> None:
