@@ -92,8 +92,7 @@ async def test_bursts_through_nginx_get_exactly_one_reply_each(
             part = slice(burst * PER_BURST, (burst + 1) * PER_BURST)
             assert set(await post_all(f"{ingress.url}/callback", docs[part])) == {200}
             wanted = set(expected[part])
-            await wait_for(lambda w=wanted: w <= set(reply_counts(fake_api.fake)),  # type: ignore[misc]
-                           timeout=30)
+            await wait_for(lambda w=wanted: w <= set(reply_counts(fake_api.fake)), timeout=30)
             await asyncio.sleep(GAP)  # every kept-alive connection times out meanwhile
         await asyncio.wait_for(worker.until_idle(), 30)
         errors = worker.metrics.registry.get_sample_value(
