@@ -201,8 +201,8 @@ class RedisDedup:
         # Claims and done marks, the two calls every delivery makes, share pipelines (with the
         # rate limiter's reservations when it uses this client too).
         self._batch = ScriptBatcher.of(client)
-        self._claim = self._batch.script(_CLAIM)
-        self._done = self._batch.script(_DONE)
+        self._claim = self._batch.script(_CLAIM, idempotent=True)  # by its token
+        self._done = self._batch.script(_DONE, idempotent=True)
         self._release = client.register_script(_RELEASE)
         self._hold = client.register_script(_HOLD)
 

@@ -1,4 +1,4 @@
-"""The reply client: keep-alive connections (``worker.http_pool``), tenacity around each POST,
+"""The reply client: keep-alive connections (``worker.http_client``), tenacity around each POST,
 ``Retry-After`` honoured.
 
 Only what ``RETRYABLE`` names is retried, and only within the inline budget
@@ -28,7 +28,7 @@ from botrelay.shared.errors import PermanentError, TransientError
 from botrelay.shared.identity import UID, matches
 from botrelay.shared.metrics import WorkerMetrics
 from botrelay.shared.settings import Settings
-from botrelay.worker.http_pool import HttpError, HttpPool
+from botrelay.worker.http_client import HttpClient, HttpError
 from botrelay.worker.rate_limit import RateLimiter, make_limiter
 
 log = logging.getLogger("botrelay.reply")
@@ -56,7 +56,8 @@ class ReplyFailed(TransientError):
 
 # The single definition of what the reply client retries: 408/429/5xx, a connection that failed
 # or closed mid-answer, an answer that is not HTTP at all (a broken proxy in between), and no
-# answer within BOTRELAY_REPLY_TIMEOUT.
+# answer within BOTRELAY_REPLY_TIMEOUT. Only a request that never reached the server is sent
+# again below this (``worker.http_client``); each of these is a counted attempt.
 RETRYABLE: tuple[type[BaseException], ...] = (
     ReplyFailed,
     HttpError,
@@ -131,7 +132,7 @@ class ReplyClient:
         # Outbound rate limit per app (the API base names it) and per receiver.
         self.limiter = limiter or make_limiter(settings, metrics)
         self._bases: dict[str, str] = {}  # app id -> API base
-        self._pools: dict[str, HttpPool] = {}  # API base -> its connections, with its key
+        self._pools: dict[str, HttpClient] = {}  # API base -> its connections, with its key
         for app in settings.apps_by_id().values():
             base = app.api_base(settings.cometchat_api_base)
             headers = {"Content-Type": "application/json", "Accept": "application/json"}
@@ -140,9 +141,10 @@ class ReplyClient:
             # Names the sending worker in the API provider's logs (and in the fake's record).
             headers["User-Agent"] = user_agent or "botrelay-worker"
             self._bases[app.id] = base
-            self._pools[base] = HttpPool(limit=max(100, settings.concurrency * 2),
-                                         connect_timeout=settings.reply_timeout,
-                                         headers=headers)
+            self._pools[base] = HttpClient(limit=max(100, settings.concurrency * 2),
+                                           connect_timeout=settings.reply_timeout,
+                                           read_timeout=settings.reply_timeout,
+                                           headers=headers)
         self._wait = _Wait()
 
     def url(self, app_id: str, bot: str) -> str:
