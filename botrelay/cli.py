@@ -77,6 +77,18 @@ def _freeze_heap() -> None:
     gc.freeze()
 
 
+async def _first(*aws: Coroutine[Any, Any, None]) -> None:
+    """Wait for the first of ``aws`` to finish (raising what it raised); cancel the others."""
+    tasks = [asyncio.ensure_future(aw) for aw in aws]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
 async def _until_signal() -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -92,6 +104,7 @@ async def run_ingress(settings: Settings) -> None:
 
     from botrelay.ingress.app import make_app, make_metrics_app
     from botrelay.ingress.state import STATE
+    from botrelay.shared.broker import BrokerLink
 
     app = make_app(settings)
     # An AppRunner keeps an idle connection, or one whose headers never end, for an hour by
@@ -107,8 +120,12 @@ async def run_ingress(settings: Settings) -> None:
         await metrics_runner.setup()
         await web.TCPSite(metrics_runner, settings.host, settings.metrics_port).start()
     _freeze_heap()
+    link = app[STATE].broker
+    assert isinstance(link, BrokerLink)
     try:
-        await _until_signal()
+        # Until a signal, or until the broker link gives up for good (queues that exist with
+        # other arguments than the settings ask for): then exit with that one line, not 503s.
+        await _first(_until_signal(), link.stopped())
     finally:
         # Readiness goes 503 at once; then the listener closes, requests in flight finish
         # (their publishes are confirmed) within the grace, and the broker link closes last.
@@ -211,6 +228,23 @@ async def run_drain(settings: Settings, old_partitions: int, delete: bool) -> No
           f"(ordering {settings.ordering}, {settings.partitions} partitions)")
 
 
+async def run_migrate(settings: Settings, dry_run: bool) -> None:
+    from botrelay.worker.migrate import migrate
+
+    report = await migrate(settings, dry_run=dry_run)
+    if not report.changes:
+        print("nothing to migrate: every queue matches the settings")
+        return
+    if dry_run:
+        for change in report.changes:
+            print(f"would move {change.queue}: {change.line()}")
+        print(f"{len(report.changes)} queue(s) to move; run `botrelay migrate` with the workers "
+              "stopped")
+        return
+    for name, moved in report.moved.items():
+        print(f"{name}: recreated, {moved} callback(s) kept")
+
+
 async def run_console(settings: Settings, host: str, port: int, metrics_urls: list[str],
                       sample_seconds: float) -> None:
     from aiohttp import web
@@ -268,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the BOTRELAY_PARTITIONS in force before the change")
     p.add_argument("--delete", action="store_true", help="delete the emptied queues")
 
+    p = sub.add_parser("migrate", help="recreate queues whose arguments the settings changed")
+    p.add_argument("--dry-run", action="store_true", help="only say which queues would move")
+
     p = sub.add_parser("console", help="the operator's console: dead letters, queue depths")
     p.add_argument("--host", dest="console_host", default="127.0.0.1")
     p.add_argument("--port", dest="console_port", type=int, default=8090)
@@ -321,6 +358,8 @@ def _command(args: argparse.Namespace, settings: Settings) -> Coroutine[Any, Any
                            args.sample_seconds)
     if args.command == "drain":
         return run_drain(settings, args.from_partitions, args.delete)
+    if args.command == "migrate":
+        return run_migrate(settings, args.dry_run)
     return run_dlq(settings, args)
 
 
