@@ -30,6 +30,7 @@ from botrelay.shared.settings import Settings
 from botrelay.worker.bot import Bot
 from botrelay.worker.consumer import Consumer
 from botrelay.worker.dedup import DedupStore, RedisDedup, make_store
+from botrelay.worker.loop_watch import watch_loop
 from botrelay.worker.partitions import (
     Leases,
     PartitionManager,
@@ -98,6 +99,7 @@ class Worker:
             await self.partitions.rebalance()
             self._tasks.append(asyncio.create_task(self.partitions.run(), name="partitions"))
         self._tasks.append(asyncio.create_task(self._sample_depths(), name="queue-depths"))
+        self._tasks.append(asyncio.create_task(watch_loop(self.metrics), name="loop-watch"))
         log.info("worker %s consuming %s (concurrency %d, ordering %s)", self.id,
                  self._inbound, self.settings.concurrency, self.settings.ordering)
 
