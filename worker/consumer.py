@@ -17,6 +17,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -36,7 +37,7 @@ from botrelay.shared.settings import Settings
 from botrelay.shared.topology import delay_for_attempt, pick_delay
 from botrelay.shared.transport import Delivery
 from botrelay.worker.bot import Bot
-from botrelay.worker.dedup import Claim, DedupStore, Status
+from botrelay.worker.dedup import Claim, DedupStore, NotAlive, Status
 from botrelay.worker.reply import muid
 from botrelay.worker.retry import Mover, attempt_of
 
@@ -65,6 +66,7 @@ class Context:
     pen: str | None = None  # its conversation's pen, when replies are kept in order
     delivering: bool = False  # replies may be going out: the job runs to the end
     timed_out: bool = False  # the handler overran BOTRELAY_HANDLER_TIMEOUT and was cancelled
+    sending: bool = False  # a reply request is out, its outcome not known yet
 
 
 class Unrecorded(DedupUnavailable):
@@ -90,10 +92,16 @@ class ReplySender(Protocol):
     async def send(self, url: str, body: dict[str, Any]) -> dict[str, Any]: ...
 
 
+# Is this reply (by its ``tags``/``muid``) already stored by the reply API? See
+# ``worker.reply_lookup``.
+Lookup = Callable[[str, dict[str, Any]], Awaitable[bool]]
+
+
 class Consumer:
     def __init__(self, settings: Settings, bot: Bot, dedup: DedupStore, replies: ReplySender,
-                 mover: Mover, metrics: WorkerMetrics) -> None:
+                 mover: Mover, metrics: WorkerMetrics, lookup: Lookup | None = None) -> None:
         self.settings = settings
+        self.lookup = lookup
         self.bot = bot
         self.dedup = dedup
         self.replies = replies
@@ -360,7 +368,17 @@ class Consumer:
             bodies = [reply.body(msg, muid(key, i)) for i, reply in enumerate(replies)]
             ctx.delivering = True  # from here a reply may go out
             for i in range(claim.sent, len(bodies)):
-                await self.replies.send(url, bodies[i])
+                if not self.dedup.liveness.valid(claim.owner):
+                    # Another worker may take this claim over any moment now: never send
+                    # alongside it. What was sent is recorded; the rest goes on elsewhere.
+                    raise NotAlive("this worker's liveness lapsed before a reply; not sending")
+                if claim.unsure and i == claim.sent and await self._stored(url, bodies[i]):
+                    log.info("reply found stored by an earlier attempt; not sent again",
+                             extra={"key": key, "muid": bodies[i].get("muid")})
+                else:
+                    ctx.sending = True
+                    await self.replies.send(url, bodies[i])
+                    ctx.sending = False
                 if i + 1 < len(bodies):
                     try:
                         await self.dedup.progress(key, i + 1)
@@ -371,10 +389,24 @@ class Consumer:
             except DedupUnavailable as exc:
                 raise Unrecorded(max(len(bodies), claim.sent), exc) from exc
         except BaseException:
+            # A send that raised may still have been stored (a timeout after the request was
+            # written, a lost answer): the next attempt looks it up before sending it again.
             with contextlib.suppress(DedupUnavailable):
-                await self.dedup.release(key, claim.token)
+                await self.dedup.release(key, claim.token, unsure=ctx.sending)
             raise
         return len(bodies)
+
+    async def _stored(self, url: str, body: dict[str, Any]) -> bool:
+        """Was this reply stored by an attempt whose outcome is unknown? Only asked on that
+        path; a lookup that fails counts as "not stored" (sending is the lesser harm than
+        never answering)."""
+        if self.lookup is None:
+            return False
+        try:
+            return await self.lookup(url, body)
+        except Exception as exc:
+            log.warning("could not look up an earlier reply: %s", type(exc).__name__)
+            return False
 
     async def _mark_done(self, key: str, token: str, pen: str | None) -> None:
         """The replies are out: recording that must not fail lightly, or a redelivery would

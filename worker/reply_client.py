@@ -125,6 +125,7 @@ class ReplyClient:
             headers["apikey"] = settings.cometchat_api_key
         # Names the sending worker in the API provider's logs (and in the fake's record).
         headers["User-Agent"] = user_agent or "botrelay-worker"
+        self.headers = headers  # also what a reply lookup sends (worker.reply_lookup)
         self.http = HttpPool(limit=max(100, settings.concurrency * 2),
                              connect_timeout=settings.reply_timeout, headers=headers)
         self._wait = _Wait()
