@@ -4,6 +4,7 @@
 
 - ``PayloadError`` / ``PermanentError`` -> dead letter now (retrying cannot fix it);
 - ``DedupUnavailable`` -> delay without counting an attempt (never reply without a record);
+- ``RateLimited`` (our own outbound limit) -> delay until the slot, without counting an attempt;
 - ``Retry`` or anything else -> a later attempt via a retry queue, or the DLQ after the last.
 
 Deliveries of one conversation run one after another in arrival order; different conversations
@@ -38,6 +39,7 @@ from botrelay.shared.topology import delay_for_attempt, pick_delay
 from botrelay.shared.transport import Delivery
 from botrelay.worker.bot import Bot
 from botrelay.worker.dedup import Claim, DedupStore, NotAlive, Status
+from botrelay.worker.rate_limit import RateLimited
 from botrelay.worker.reply import muid
 from botrelay.worker.retry import Mover, attempt_of
 
@@ -196,6 +198,15 @@ class Consumer:
                 log.warning("delayed: dedup store unavailable, not replying unrecorded",
                             extra={**fields, "delay": delay, "error": str(exc),
                                    "outcome": outcome})
+                return
+            except RateLimited as exc:
+                # Waiting for our own budget is no failure of the message: no attempt spent.
+                delay = pick_delay(self.settings.retry_delays, exc.delay)
+                await self._hold(ctx, delay)
+                await self.mover.to_retry(delivery, attempt=attempt, delay=delay)
+                outcome = "delayed"
+                log.info("delayed: outbound rate limit",
+                         extra={**fields, "delay": delay, "outcome": outcome})
                 return
             except Exception as exc:  # Retry, TransientError, or a bug in the handler
                 outcome = await self._fail(delivery, attempt, exc, fields, ctx)
@@ -388,11 +399,13 @@ class Consumer:
                 await self._mark_done(key, claim.token, ctx.pen)
             except DedupUnavailable as exc:
                 raise Unrecorded(max(len(bodies), claim.sent), exc) from exc
-        except BaseException:
+        except BaseException as exc:
             # A send that raised may still have been stored (a timeout after the request was
             # written, a lost answer): the next attempt looks it up before sending it again.
+            # A rate-limit wait raises before any request is made.
+            unsure = ctx.sending and not isinstance(exc, RateLimited)
             with contextlib.suppress(DedupUnavailable):
-                await self.dedup.release(key, claim.token, unsure=ctx.sending)
+                await self.dedup.release(key, claim.token, unsure=unsure)
             raise
         return len(bodies)
 
