@@ -13,6 +13,7 @@ import asyncio
 import email.utils
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -129,6 +130,8 @@ class ReplyClient:
         self.http = HttpPool(limit=max(100, settings.concurrency * 2),
                              connect_timeout=settings.reply_timeout, headers=headers)
         self._wait = _Wait()
+        # Before re-posting a reply whose answer never came: is it stored already?
+        self.lookup: Callable[[str, dict[str, Any]], Awaitable[bool]] | None = None
 
     def url(self, app_id: str, region: str | None, bot: str) -> str:
         base = self.settings.cometchat_api_base.format(appId=app_id, region=region or "us")
@@ -144,6 +147,7 @@ class ReplyClient:
             return await self._attempt(url, payload, receiver)
         except RETRYABLE as exc:
             first: BaseException | None = exc
+        last: BaseException | None = None
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(RETRYABLE),
             stop=_BudgetSpent(started, self.settings.reply_budget),
@@ -154,14 +158,32 @@ class ReplyClient:
             async for attempt in retrying:
                 with attempt:
                     if first is not None:  # the attempt made above: tenacity decides what next
-                        failed, first = first, None
-                        raise failed
-                    return await self._attempt(url, payload, receiver)
+                        last, first = first, None
+                        raise last
+                    # No status came back (lost answer, timeout): it may be stored already.
+                    if not isinstance(last, ReplyFailed) and await self._stored(url, body):
+                        return {}
+                    try:
+                        return await self._attempt(url, payload, receiver)
+                    except BaseException as exc:
+                        last = exc
+                        raise
         except RETRYABLE as exc:
             if isinstance(exc, TransientError):
                 raise
             raise TransientError(f"reply API unreachable: {type(exc).__name__} {exc}") from exc
         raise AssertionError("unreachable: tenacity either returns or raises")
+
+    async def _stored(self, url: str, body: dict[str, Any]) -> bool:
+        """Asks ``lookup`` (``worker.reply_lookup``; set by the worker) whether an attempt
+        whose answer never came was stored after all; a failed lookup counts as "no"."""
+        if self.lookup is None:
+            return False
+        try:
+            return await self.lookup(url, body)
+        except Exception as exc:
+            log.warning("could not look up an earlier reply: %s", type(exc).__name__)
+            return False
 
     async def _attempt(self, url: str, payload: bytes, receiver: str) -> dict[str, Any]:
         if self.limiter is not None:

@@ -84,6 +84,7 @@ class Worker:
             user_agent=f"botrelay-worker/{self.id}")
         # Asked only before re-sending a reply whose earlier attempt's outcome is unknown.
         self.lookup = reply_lookup(self.replies.headers, settings.reply_timeout)
+        self.replies.lookup = self.lookup
         self.consumer = Consumer(settings, bot, self.dedup, self.replies,
                                  Mover(settings, self.broker), self.metrics,
                                  lookup=self.lookup)
