@@ -69,6 +69,8 @@ class Context:
     delivering: bool = False  # replies may be going out: the job runs to the end
     timed_out: bool = False  # the handler overran BOTRELAY_HANDLER_TIMEOUT and was cancelled
     sending: bool = False  # a reply request is out, its outcome not known yet
+    unsure: bool = False  # an earlier attempt's reply may be stored: not looked up yet
+    last_attempt: bool = False  # no attempt follows this one
 
 
 class Unrecorded(DedupUnavailable):
@@ -287,6 +289,8 @@ class Consumer:
         if self.ordered:
             ctx.pen = f"{callback.app_id}:{callback.source}:{callback.conversation_id}"
         claim = await self.dedup.claim(key, ctx.pen)
+        ctx.unsure = claim.unsure
+        ctx.last_attempt = attempt_of(delivery) >= self.settings.max_attempts
         if claim.status is Status.DONE:
             return DUPLICATE
         if claim.status is Status.PARKED:
@@ -383,13 +387,14 @@ class Consumer:
                     # Another worker may take this claim over any moment now: never send
                     # alongside it. What was sent is recorded; the rest goes on elsewhere.
                     raise NotAlive("this worker's liveness lapsed before a reply; not sending")
-                if claim.unsure and i == claim.sent and await self._stored(url, bodies[i]):
+                if ctx.unsure and await self._stored(url, bodies[i], ctx):
                     log.info("reply found stored by an earlier attempt; not sent again",
                              extra={"key": key, "muid": bodies[i].get("muid")})
                 else:
                     ctx.sending = True
                     await self.replies.send(url, bodies[i])
                     ctx.sending = False
+                ctx.unsure = False
                 if i + 1 < len(bodies):
                     try:
                         await self.dedup.progress(key, i + 1)
@@ -403,23 +408,26 @@ class Consumer:
             # A send that raised may still have been stored (a timeout after the request was
             # written, a lost answer): the next attempt looks it up before sending it again.
             # A rate-limit wait raises before any request is made.
-            unsure = ctx.sending and not isinstance(exc, RateLimited)
+            unsure = (ctx.sending or ctx.unsure) and not isinstance(exc, RateLimited)
             with contextlib.suppress(DedupUnavailable):
                 await self.dedup.release(key, claim.token, unsure=unsure)
             raise
         return len(bodies)
 
-    async def _stored(self, url: str, body: dict[str, Any]) -> bool:
+    async def _stored(self, url: str, body: dict[str, Any], ctx: Context) -> bool:
         """Was this reply stored by an attempt whose outcome is unknown? Only asked on that
-        path; a lookup that fails counts as "not stored" (sending is the lesser harm than
-        never answering)."""
+        path. A lookup that fails sends nothing now (the message is retried, still unsure),
+        except on the last attempt: a rare duplicate is the lesser harm than no answer."""
         if self.lookup is None:
             return False
         try:
             return await self.lookup(url, body)
         except Exception as exc:
             log.warning("could not look up an earlier reply: %s", type(exc).__name__)
-            return False
+            if ctx.last_attempt:
+                return False
+            raise TransientError("could not look up whether an earlier reply was stored"
+                                 ) from exc
 
     async def _mark_done(self, key: str, token: str, pen: str | None) -> None:
         """The replies are out: recording that must not fail lightly, or a redelivery would

@@ -161,8 +161,12 @@ class ReplyClient:
                         last, first = first, None
                         raise last
                     # No status came back (lost answer, timeout): it may be stored already.
-                    if not isinstance(last, ReplyFailed) and await self._stored(url, body):
-                        return {}
+                    if not isinstance(last, ReplyFailed):
+                        stored = await self._stored(url, body)
+                        if stored is None:  # cannot tell: the worker retries it later
+                            raise TransientError(f"reply API unreachable: {last!r}")
+                        if stored:
+                            return {}
                     try:
                         return await self._attempt(url, payload, receiver)
                     except BaseException as exc:
@@ -174,16 +178,16 @@ class ReplyClient:
             raise TransientError(f"reply API unreachable: {type(exc).__name__} {exc}") from exc
         raise AssertionError("unreachable: tenacity either returns or raises")
 
-    async def _stored(self, url: str, body: dict[str, Any]) -> bool:
+    async def _stored(self, url: str, body: dict[str, Any]) -> bool | None:
         """Asks ``lookup`` (``worker.reply_lookup``; set by the worker) whether an attempt
-        whose answer never came was stored after all; a failed lookup counts as "no"."""
+        whose answer never came was stored after all; None when it cannot tell."""
         if self.lookup is None:
             return False
         try:
             return await self.lookup(url, body)
         except Exception as exc:
             log.warning("could not look up an earlier reply: %s", type(exc).__name__)
-            return False
+            return None
 
     async def _attempt(self, url: str, payload: bytes, receiver: str) -> dict[str, Any]:
         if self.limiter is not None:

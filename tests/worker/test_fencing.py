@@ -54,10 +54,10 @@ async def test_a_release_after_a_send_of_unknown_outcome_leaves_the_next_claim_u
 
 async def test_a_worker_whose_liveness_lapsed_neither_claims_nor_may_send(client, prefix
                                                                           ) -> None:
-    live, a = await _worker(client, prefix, "a", ttl=0.5)
+    live, a = await _worker(client, prefix, "a", ttl=1.5)
     claim = await a.claim("k4")
     assert live.valid(claim.owner)
-    await asyncio.sleep(0.6)  # no heartbeat: paused past its liveness
+    await asyncio.sleep(1.6)  # no heartbeat: paused past its liveness
     assert not live.valid(claim.owner)
     with pytest.raises(NotAlive):
         await a.claim("k5")
