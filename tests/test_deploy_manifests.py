@@ -19,6 +19,8 @@ from botrelay.shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULTS = Settings()
+# A worker's whole stop fits in one BOTRELAY_SHUTDOWN_GRACE; the orchestrator adds this to close.
+CLOSE_MARGIN = 5
 ENV_NAMES = set(DEFAULTS.env_names().values())
 _INTERPOLATION = re.compile(r"\$\{([A-Z_]+)(?::?-([^}]*)|(:\?[^}]*))?\}")
 
@@ -110,8 +112,8 @@ def test_compose_stop_grace_covers_the_shutdown_grace(compose):
         grace = settings_from(compose_env(service)).shutdown_grace
         assert grace == DEFAULTS.shutdown_grace
         stop = seconds(service["stop_grace_period"])
-        # Long enough to finish in-flight work and close; not so long a hung process lingers.
-        assert grace < stop <= grace + 10, (name, grace, stop)
+        # Derived from the grace: the whole stop fits in it, plus 5 s to close connections.
+        assert stop == grace + CLOSE_MARGIN, (name, grace, stop)
 
 
 # --- Kubernetes -------------------------------------------------------------------------------
@@ -176,7 +178,7 @@ def test_deployments_match_the_code(k8s, name, command, port_field):
     sleep = float(pre_stop["command"][1]) if pre_stop else 0.0
     period = doc["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     assert settings.shutdown_grace == DEFAULTS.shutdown_grace
-    assert sleep + settings.shutdown_grace < period <= sleep + settings.shutdown_grace + 10
+    assert period == sleep + settings.shutdown_grace + CLOSE_MARGIN
     assert doc["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
 
 

@@ -3,7 +3,10 @@
 A key is one callback (``{appId}:{bot}:{trigger}:{message id}``). States:
 
 - free: nobody worked on it, or a failed attempt released it;
-- claimed: a worker is on it; the lease expires by itself if that worker dies;
+- claimed: a worker is on it. The claim names its owner's liveness key (``worker.liveness``):
+  once that key is gone the claim is free at once, and the next claimer learns that the earlier
+  attempt's outcome is unknown (``Claim.unsure``: a reply may have gone out). The lease is only
+  a backstop for a live worker that lost track of a claim;
 - done: its replies were accepted; remembered for ``BOTRELAY_DEDUP_TTL``.
 
 For callbacks with several replies, ``progress`` records how many were accepted, so a retry
@@ -15,6 +18,11 @@ conversation's pen, a FIFO list. A later message of that conversation that is no
 is ``PARKED``: it joins the pen and waits in the same delay queue as the head, behind it. The head
 leaves the pen when it is done or dead-lettered (``unhold``), and the next one becomes the head.
 So a conversation's replies go out in arrival order even when one of them needs ten attempts.
+
+Every claim in ordered mode also puts its message at the head of its pen (in the same script, no
+extra round trip), and ``done`` takes it off. So while a message is in flight on one worker, a
+later message of its conversation that reaches another worker (a partition hand-over, a crash, a
+paused worker) is parked behind it instead of overtaking it.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import redis.exceptions
 
 from botrelay.shared.errors import DedupUnavailable
 from botrelay.shared.settings import Settings
+from botrelay.worker.liveness import Live, LocalLiveness
 from botrelay.worker.redis_batch import ScriptBatcher
 
 log = logging.getLogger("botrelay.dedup")
@@ -43,19 +52,29 @@ class Status(enum.Enum):
     PARKED = 3  # an earlier message of the conversation is waiting: wait behind it
 
 
+class NotAlive(DedupUnavailable):
+    """This worker's liveness lapsed: it may neither claim nor send until it is alive again."""
+
+
 @dataclass(frozen=True, slots=True)
 class Claim:
     status: Status
     token: str = ""
     sent: int = 0  # replies already accepted by an earlier attempt
-    delay: float = 0.0  # PARKED: the delay the pen's head is waiting out
+    delay: float = 0.0  # PARKED: the delay the pen's head is waiting out; BUSY: until free
+    # An earlier attempt may have sent reply number ``sent`` without it being recorded (its
+    # owner died holding the claim, or its answer was lost): look before sending it again.
+    unsure: bool = False
+    owner: str = ""  # the liveness session the claim was made under
 
 
 class DedupStore(Protocol):
+    liveness: Live
+
     async def claim(self, key: str, pen: str | None = None) -> Claim: ...
     async def progress(self, key: str, sent: int) -> None: ...
     async def done(self, key: str, token: str, pen: str | None = None) -> None: ...
-    async def release(self, key: str, token: str) -> None: ...
+    async def release(self, key: str, token: str, unsure: bool = False) -> None: ...
     async def hold(self, key: str, pen: str, delay: float) -> None: ...
     async def unhold(self, key: str, pen: str) -> None: ...
     async def close(self) -> None: ...
@@ -66,8 +85,10 @@ class MemoryDedup:
 
     def __init__(self, lease: float, ttl: float) -> None:
         self.lease, self.ttl = lease, ttl
+        self.liveness: Live = LocalLiveness()
         self._keys: dict[str, tuple[str, float]] = {}  # key -> (token or "done", expires at)
         self._sent: dict[str, int] = {}
+        self._unsure: set[str] = set()
         self._pens: dict[str, tuple[list[str], float]] = {}  # pen -> (keys, head's delay)
         self._last_sweep = time.monotonic()
 
@@ -88,6 +109,7 @@ class MemoryDedup:
         for key in [k for k, (_, exp) in self._keys.items() if exp <= now]:
             del self._keys[key]
             self._sent.pop(key, None)
+            self._unsure.discard(key)
 
     async def claim(self, key: str, pen: str | None = None) -> Claim:
         now = time.monotonic()
@@ -106,7 +128,10 @@ class MemoryDedup:
             return Claim(Status.BUSY)
         token = secrets.token_hex(16)
         self._keys[key] = (token, now + self.lease)
-        return Claim(Status.CLAIMED, token, self._sent.get(key, 0))
+        if pen is not None:
+            self._pens.setdefault(pen, ([key], 0.0))
+        return Claim(Status.CLAIMED, token, self._sent.get(key, 0), unsure=key in self._unsure,
+                     owner=self.liveness.owner)
 
     async def progress(self, key: str, sent: int) -> None:
         self._sent[key] = sent
@@ -114,6 +139,7 @@ class MemoryDedup:
     async def done(self, key: str, token: str, pen: str | None = None) -> None:
         self._keys[key] = ("done", time.monotonic() + self.ttl)
         self._sent.pop(key, None)
+        self._unsure.discard(key)
         self._pop_head(key, pen)
 
     def _pop_head(self, key: str, pen: str | None) -> None:
@@ -136,41 +162,60 @@ class MemoryDedup:
             if not entry[0]:
                 del self._pens[pen]
 
-    async def release(self, key: str, token: str) -> None:
+    async def release(self, key: str, token: str, unsure: bool = False) -> None:
         if self._get(key, time.monotonic()) == token:
             del self._keys[key]
+            if unsure:
+                self._unsure.add(key)
 
     async def close(self) -> None:
         self._keys.clear()
 
 
-# KEYS: state, progress[, pen, pen delay]; ARGV: token, lease ms, key, pen ttl ms.
-# Returns {status, n}: 0 claimed (n = replies sent), 1 done, 2 busy, 3 parked (n = delay ms).
+# KEYS: state, progress, unsure, our liveness[, pen, pen delay]; ARGV: claim value
+# ("token|owner's liveness key"), lease ms, key, pen ttl ms.
+# Returns {status, n, unsure}: 0 claimed (n = replies sent), 1 done, 2 busy (n = ms until the
+# holder's liveness lapses at the latest), 3 parked (n = delay ms), 4 we are not alive.
+# The holder's liveness key is read from the claim itself: fine on one Redis (not a cluster).
 _CLAIM = """
+if redis.call('EXISTS', KEYS[4]) == 0 then return {4, 0, 0} end
 local v = redis.call('GET', KEYS[1])
-local penned = #KEYS >= 3
+local penned = #KEYS >= 5
 if v == 'done' then
-  if penned and redis.call('LINDEX', KEYS[3], 0) == ARGV[3] then redis.call('LPOP', KEYS[3]) end
-  return {1, 0}
+  if penned and redis.call('LINDEX', KEYS[5], 0) == ARGV[3] then redis.call('LPOP', KEYS[5]) end
+  return {1, 0, 0}
 end
+local head = false
 if penned then
-  local head = redis.call('LINDEX', KEYS[3], 0)
+  head = redis.call('LINDEX', KEYS[5], 0)
   if head and head ~= ARGV[3] then
-    if not redis.call('LPOS', KEYS[3], ARGV[3]) then redis.call('RPUSH', KEYS[3], ARGV[3]) end
-    redis.call('PEXPIRE', KEYS[3], ARGV[4])
-    return {3, tonumber(redis.call('GET', KEYS[4]) or '0')}
+    if not redis.call('LPOS', KEYS[5], ARGV[3]) then redis.call('RPUSH', KEYS[5], ARGV[3]) end
+    redis.call('PEXPIRE', KEYS[5], ARGV[4])
+    return {3, tonumber(redis.call('GET', KEYS[6]) or '0'), 0}
   end
 end
--- Our own token: this same claim ran before and its answer was lost with the connection.
-if v and v ~= ARGV[1] then return {2, 0} end
+local unsure = redis.call('EXISTS', KEYS[3])
+-- Our own value: this same claim ran before and its answer was lost with the connection.
+if v and v ~= ARGV[1] then
+  local owner = string.match(v, '|(.+)$')
+  if not owner then return {2, redis.call('PTTL', KEYS[1]), 0} end
+  local left = redis.call('PTTL', owner)
+  if left > 0 then return {2, left, 0} end
+  unsure = 1  -- its owner died holding it: a reply may have gone out unrecorded
+end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return {0, tonumber(redis.call('GET', KEYS[2]) or '0')}
+if penned then
+  -- In flight: a later message of the conversation, wherever it arrives, waits behind it.
+  if not head then redis.call('RPUSH', KEYS[5], ARGV[3]) end
+  redis.call('PEXPIRE', KEYS[5], ARGV[4])
+end
+return {0, tonumber(redis.call('GET', KEYS[2]) or '0'), unsure}
 """
-# KEYS: state, progress[, pen]; ARGV: ttl ms, key.
+# KEYS: state, progress, unsure[, pen]; ARGV: ttl ms, key.
 _DONE = """
 redis.call('SET', KEYS[1], 'done', 'PX', ARGV[1])
-redis.call('DEL', KEYS[2])
-if #KEYS >= 3 and redis.call('LINDEX', KEYS[3], 0) == ARGV[2] then redis.call('LPOP', KEYS[3]) end
+redis.call('DEL', KEYS[2], KEYS[3])
+if #KEYS >= 4 and redis.call('LINDEX', KEYS[4], 0) == ARGV[2] then redis.call('LPOP', KEYS[4]) end
 return 1
 """
 # KEYS: pen, pen delay; ARGV: key, delay ms, pen ttl ms.
@@ -180,8 +225,12 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 return 1
 """
+# KEYS: state, unsure; ARGV: claim value, unsure (1/0), ttl ms.
 _RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  if ARGV[2] == '1' then redis.call('SET', KEYS[2], '1', 'PX', ARGV[3]) end
+  return redis.call('DEL', KEYS[1])
+end
 return 0
 """
 
@@ -189,15 +238,19 @@ _REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError
 
 
 class RedisDedup:
-    """Shared store for many workers: atomic Lua steps, keys under ``{prefix}:dedup:``."""
+    """Shared store for many workers: atomic Lua steps, keys under ``{prefix}:dedup:``.
+
+    ``liveness`` names this worker in its claims; ``worker.service`` gives it the worker's
+    heartbeat (``worker.liveness.Liveness``) before the first claim."""
 
     def __init__(self, client: aioredis.Redis, prefix: str, lease: float, ttl: float,
-                 pen_ttl: float = 3600.0) -> None:
+                 pen_ttl: float = 3600.0, liveness: Live | None = None) -> None:
         self.client = client
         self.prefix = prefix
         self.lease_ms = int(lease * 1000)
         self.ttl_ms = int(ttl * 1000)
         self.pen_ttl_ms = int(pen_ttl * 1000)
+        self.liveness: Live = liveness or LocalLiveness(f"{prefix}:alive:unset")
         # Claims and done marks, the two calls every delivery makes, share pipelines (with the
         # rate limiter's reservations when it uses this client too).
         self._batch = ScriptBatcher.of(client)
@@ -220,23 +273,31 @@ class RedisDedup:
                    pen_ttl=pen_ttl(settings))
 
     def keys(self, key: str) -> list[str]:
-        return [f"{self.prefix}:dedup:{key}", f"{self.prefix}:sent:{key}"]
+        return [f"{self.prefix}:dedup:{key}", f"{self.prefix}:sent:{key}",
+                f"{self.prefix}:unsure:{key}"]
 
     def pen_keys(self, pen: str) -> list[str]:
         return [f"{self.prefix}:pen:{pen}", f"{self.prefix}:pendelay:{pen}"]
 
     async def claim(self, key: str, pen: str | None = None) -> Claim:
-        token = secrets.token_hex(16)
-        keys = self.keys(key) + (self.pen_keys(pen) if pen is not None else [])
+        owner = self.liveness.owner
+        if not self.liveness.valid(owner):
+            raise NotAlive("this worker's liveness lapsed; not claiming")
+        token = f"{secrets.token_hex(16)}|{owner}"
+        keys = [*self.keys(key), owner, *(self.pen_keys(pen) if pen is not None else [])]
         try:
-            status, n = await self._claim(
+            status, n, unsure = await self._claim(
                 keys=keys, args=[token, self.lease_ms, key, self.pen_ttl_ms])
         except _REDIS_ERRORS as exc:
             raise DedupUnavailable(f"dedup store unreachable: {type(exc).__name__}") from exc
+        if int(status) == 4:
+            raise NotAlive("this worker's liveness key is gone; not claiming")
         state = Status(int(status))
-        if state is Status.PARKED:
-            return Claim(state, delay=int(n) / 1000)
-        return Claim(state, token if state is Status.CLAIMED else "", int(n))
+        if state is Status.PARKED or state is Status.BUSY:
+            return Claim(state, delay=max(0, int(n)) / 1000)
+        if state is Status.DONE:
+            return Claim(state)
+        return Claim(state, token, int(n), unsure=bool(int(unsure)), owner=owner)
 
     async def progress(self, key: str, sent: int) -> None:
         try:
@@ -264,9 +325,11 @@ class RedisDedup:
         except _REDIS_ERRORS as exc:
             raise DedupUnavailable(f"dedup store unreachable: {type(exc).__name__}") from exc
 
-    async def release(self, key: str, token: str) -> None:
+    async def release(self, key: str, token: str, unsure: bool = False) -> None:
+        state, _, unsure_key = self.keys(key)
         try:
-            await self._release(keys=self.keys(key)[:1], args=[token])
+            await self._release(keys=[state, unsure_key],
+                                args=[token, 1 if unsure else 0, self.ttl_ms])
         except _REDIS_ERRORS as exc:
             raise DedupUnavailable(f"dedup store unreachable: {type(exc).__name__}") from exc
 

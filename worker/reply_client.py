@@ -13,8 +13,9 @@ import asyncio
 import email.utils
 import logging
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import orjson
 from tenacity import (
@@ -146,6 +147,8 @@ class ReplyClient:
                                            read_timeout=settings.reply_timeout,
                                            headers=headers)
         self._wait = _Wait()
+        # Before re-posting a reply whose answer never came: is it stored already?
+        self.lookup: Callable[[str, dict[str, Any]], Awaitable[bool]] | None = None
 
     def url(self, app_id: str, bot: str) -> str:
         """The reply URL for ``bot`` of configured app ``app_id``; ``UnknownApp`` otherwise."""
@@ -157,6 +160,16 @@ class ReplyClient:
             raise PermanentError(f"bot uid {bot!r} is not a CometChat UID: no reply sent")
         return f"{base}/bots/{quote(bot, safe='')}/messages"
 
+    async def get(self, url: str, params: Mapping[str, str]) -> tuple[int, bytes]:
+        """GET ``url`` (``{base}/messages``, the reply lookup) with the key of the app whose API
+        base it is on, and only then."""
+        pool = self._pools.get(url.rsplit("/", 1)[0])
+        if pool is None:
+            raise UnknownApp("a lookup URL outside the configured apps' API bases")
+        async with asyncio.timeout(self.settings.reply_timeout):
+            resp = await pool.get(f"{url}?{urlencode(dict(params))}")
+        return resp.status, resp.body
+
     async def send(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST one reply, retrying within the budget; the API's ``data`` on success."""
         payload = orjson.dumps(body)
@@ -167,6 +180,7 @@ class ReplyClient:
             return await self._attempt(url, payload, receiver)
         except RETRYABLE as exc:
             first: BaseException | None = exc
+        last: BaseException | None = None
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(RETRYABLE),
             stop=_BudgetSpent(started, self.settings.reply_budget),
@@ -177,14 +191,36 @@ class ReplyClient:
             async for attempt in retrying:
                 with attempt:
                     if first is not None:  # the attempt made above: tenacity decides what next
-                        failed, first = first, None
-                        raise failed
-                    return await self._attempt(url, payload, receiver)
+                        last, first = first, None
+                        raise last
+                    # No status came back (lost answer, timeout): it may be stored already.
+                    if not isinstance(last, ReplyFailed):
+                        stored = await self._stored(url, body)
+                        if stored is None:  # cannot tell: the worker retries it later
+                            raise TransientError(f"reply API unreachable: {last!r}")
+                        if stored:
+                            return {}
+                    try:
+                        return await self._attempt(url, payload, receiver)
+                    except BaseException as exc:
+                        last = exc
+                        raise
         except RETRYABLE as exc:
             if isinstance(exc, TransientError):
                 raise
             raise TransientError(f"reply API unreachable: {type(exc).__name__} {exc}") from exc
         raise AssertionError("unreachable: tenacity either returns or raises")
+
+    async def _stored(self, url: str, body: dict[str, Any]) -> bool | None:
+        """Asks ``lookup`` (``worker.reply_lookup``; set by the worker) whether an attempt
+        whose answer never came was stored after all; None when it cannot tell."""
+        if self.lookup is None:
+            return False
+        try:
+            return await self.lookup(url, body)
+        except Exception as exc:
+            log.warning("could not look up an earlier reply: %s", type(exc).__name__)
+            return None
 
     async def _attempt(self, url: str, payload: bytes, receiver: str) -> dict[str, Any]:
         if self.limiter is not None:
