@@ -22,7 +22,7 @@ from typing import Any
 
 import uvloop
 
-from bench import e2e_bench, ingress_bench, report, worker_bench
+from bench import e2e_bench, failover_bench, ingress_bench, report, worker_bench
 from bench.common import REDIS_URL, RESULTS, connect, core, no_gc_pauses
 
 Step = tuple[str, Callable[[], Awaitable[dict[str, Any]]]]
@@ -66,12 +66,24 @@ def plan(args: argparse.Namespace, logdir: Path) -> tuple[list[Step], list[str]]
             "redis", count=count, timeout=drain_timeout, logdir=logdir,
             ordering="conversation", scenario="ordering")))
     if want("e2e"):
-        for rate, workers in ((500, 1), (2000, 2)):
-            for who in ("baseline", "botrelay"):
-                steps.append((f"e2e {rate}/s {who}", lambda rate=rate, workers=workers, who=who:
-                              e2e_bench.run(rate, duration, workers=workers, logdir=logdir,
-                                            contender=who)))
+        steps += e2e_steps(duration, logdir)
+    if want("failover"):
+        steps += failover_steps(smoke, duration, logdir)
     return steps, skipped
+
+
+def e2e_steps(duration: float, logdir: Path) -> list[Step]:
+    return [(f"e2e {rate}/s {who}", lambda rate=rate, workers=workers, who=who:
+             e2e_bench.run(rate, duration, workers=workers, logdir=logdir, contender=who))
+            for rate, workers in ((500, 1), (2000, 2)) for who in ("baseline", "botrelay")]
+
+
+def failover_steps(smoke: bool, duration: float, logdir: Path) -> list[Step]:
+    """Kill the busiest of three workers mid-stream; the smoke run checks one ordering only
+    (each run starts three workers)."""
+    return [(f"failover {ordering}", lambda ordering=ordering: failover_bench.run(
+                max(duration, 4.0), logdir=logdir, ordering=ordering))
+            for ordering in (("conversation",) if smoke else ("conversation", "none"))]
 
 
 def cpu_model() -> str:
@@ -165,7 +177,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         help="seconds of load per ingress and e2e run")
     parser.add_argument("--count", type=int, default=20000,
                         help="callbacks preloaded per drain run")
-    parser.add_argument("--only", help="comma-separated: ingress,drain,scaling,ordering,e2e")
+    parser.add_argument("--only", help="comma-separated: "
+                        "ingress,drain,scaling,ordering,e2e,failover")
     return parser.parse_args(argv)
 
 

@@ -248,9 +248,19 @@ async def wait_http(url: str, timeout: float = 30.0, child: Child | None = None)
     raise TimeoutError(f"{url} not ready within {timeout}s")
 
 
+def apps_file() -> str:
+    """A BOTRELAY_COMETCHAT_APPS_FILE with the APPS apps the callbacks are spread over."""
+    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"botrelay-bench-apps-{APPS}.toml"
+    path.write_text("".join(f'[[app]]\nid = "app{n:03d}"\nregion = "eu"\napi_key = "{API_KEY}"\n'
+                            for n in range(APPS)))
+    return str(path)
+
+
 def botrelay_env(prefix: str, fake: RunningFake, *, redis: bool, ordering: str = "none",
                  **extra: str) -> dict[str, str]:
     env = {
+        "BOTRELAY_COMETCHAT_APPS_FILE": apps_file(),
+        "BOTRELAY_CALLBACK_AUTH": "none",  # loopback only: the ingress bench measures auth
         "BOTRELAY_AMQP_URL": AMQP_URL,
         "BOTRELAY_PREFIX": prefix,
         "BOTRELAY_ORDERING": ordering,
@@ -266,7 +276,9 @@ def botrelay_env(prefix: str, fake: RunningFake, *, redis: bool, ordering: str =
 
 
 def bench_settings(prefix: str, ordering: str = "none") -> Settings:
-    return Settings(amqp_url=AMQP_URL, prefix=prefix, ordering=ordering)  # type: ignore[arg-type]
+    return Settings.from_env({"BOTRELAY_AMQP_URL": AMQP_URL, "BOTRELAY_PREFIX": prefix,
+                              "BOTRELAY_ORDERING": ordering,
+                              "BOTRELAY_COMETCHAT_APPS_FILE": apps_file()})
 
 
 # --- broker and Redis --------------------------------------------------------------------------

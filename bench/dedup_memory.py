@@ -28,6 +28,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from botrelay.worker.dedup import RedisDedup
+from botrelay.worker.liveness import Liveness
 
 APP, BOT, TRIGGER = "2248348660ad9bd4", "demo_bot", "after_message"
 
@@ -69,7 +70,10 @@ async def used_memory(client: aioredis.Redis) -> int:
 async def measure(url: str, cycles: int, conversations: int, ttl: float) -> dict[str, Any]:
     client = aioredis.Redis.from_url(url, socket_timeout=5.0)
     prefix = f"bdm{uuid.uuid4().hex[:8]}"
-    store = RedisDedup(client, prefix, lease=30.0, ttl=ttl)
+    # One liveness key for the run, long enough to need no heartbeat: every claim names it.
+    live = Liveness(client, prefix, "bench", ttl=3600.0)
+    await live.start()
+    store = RedisDedup(client, prefix, lease=30.0, ttl=ttl, liveness=live)
     try:
         # One warm-up cycle loads the scripts, so their cache is not counted.
         await _cycle(store, 10**9, 0)

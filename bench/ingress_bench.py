@@ -17,6 +17,7 @@ from bench.common import (
     PASSWORD,
     USERNAME,
     Child,
+    apps_file,
     bench_settings,
     cleanup,
     core,
@@ -89,7 +90,8 @@ async def run(contender: str, duration: float, logdir: Path, warmup: float = 1.0
         env = {"BOTRELAY_AMQP_URL": AMQP_URL, "BOTRELAY_PREFIX": prefix,
                "BOTRELAY_ORDERING": ordering, "BOTRELAY_PORT": str(port),
                "BOTRELAY_HOST": "127.0.0.1", "BOTRELAY_CALLBACK_USERNAME": USERNAME,
-               "BOTRELAY_CALLBACK_PASSWORD": PASSWORD}
+               "BOTRELAY_CALLBACK_PASSWORD": PASSWORD,
+               "BOTRELAY_COMETCHAT_APPS_FILE": apps_file(), "BOTRELAY_METRICS_PORT": "0"}
         child = spawn("ingress-botrelay", python("-m", "botrelay", "ingress"), env, server_cpu,
                       logdir)
         ready = f"http://127.0.0.1:{port}/readyz"

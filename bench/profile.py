@@ -22,6 +22,7 @@ from bench.common import (
     PASSWORD,
     RESULTS,
     USERNAME,
+    apps_file,
     bench_settings,
     botrelay_env,
     cleanup,
@@ -93,7 +94,8 @@ async def profile_ingress(logdir: Path) -> Path:
     env = {"BOTRELAY_AMQP_URL": AMQP_URL, "BOTRELAY_PREFIX": prefix,
            "BOTRELAY_ORDERING": "conversation", "BOTRELAY_PORT": str(port),
            "BOTRELAY_HOST": "127.0.0.1", "BOTRELAY_CALLBACK_USERNAME": USERNAME,
-           "BOTRELAY_CALLBACK_PASSWORD": PASSWORD}
+           "BOTRELAY_CALLBACK_PASSWORD": PASSWORD,
+               "BOTRELAY_COMETCHAT_APPS_FILE": apps_file(), "BOTRELAY_METRICS_PORT": "0"}
     child = spawn("profile-ingress", python("-m", "botrelay", "ingress"), env, core(0), logdir)
     out = RESULTS / f"profile-ingress-{time.strftime('%Y%m%d-%H%M%S')}.txt"
     try:

@@ -21,7 +21,7 @@ import orjson
 
 from botrelay.shared import logs
 from botrelay.shared.errors import BotrelayError, SettingsError
-from botrelay.shared.settings import Settings
+from botrelay.shared.settings import Settings, unknown_names
 
 if TYPE_CHECKING:
     from botrelay.worker.bot import Bot
@@ -77,6 +77,18 @@ def _freeze_heap() -> None:
     gc.freeze()
 
 
+async def _first(*aws: Coroutine[Any, Any, None]) -> None:
+    """Wait for the first of ``aws`` to finish (raising what it raised); cancel the others."""
+    tasks = [asyncio.ensure_future(aw) for aw in aws]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
 async def _until_signal() -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -90,8 +102,9 @@ async def _until_signal() -> None:
 async def run_ingress(settings: Settings) -> None:
     from aiohttp import web
 
-    from botrelay.ingress.app import make_app
+    from botrelay.ingress.app import make_app, make_metrics_app
     from botrelay.ingress.state import STATE
+    from botrelay.shared.broker import BrokerLink
 
     app = make_app(settings)
     # An AppRunner keeps an idle connection, or one whose headers never end, for an hour by
@@ -101,15 +114,26 @@ async def run_ingress(settings: Settings) -> None:
     await runner.setup()
     await web.TCPSite(runner, settings.host, settings.port, backlog=1024).start()
     log.info("ingress listening on http://%s:%d/callback", settings.host, settings.port)
+    metrics_runner = None
+    if settings.metrics_port:
+        metrics_runner = web.AppRunner(make_metrics_app(app), access_log=None)
+        await metrics_runner.setup()
+        await web.TCPSite(metrics_runner, settings.host, settings.metrics_port).start()
     _freeze_heap()
+    link = app[STATE].broker
+    assert isinstance(link, BrokerLink)
     try:
-        await _until_signal()
+        # Until a signal, or until the broker link gives up for good (queues that exist with
+        # other arguments than the settings ask for): then exit with that one line, not 503s.
+        await _first(_until_signal(), link.stopped())
     finally:
         # Readiness goes 503 at once; then the listener closes, requests in flight finish
         # (their publishes are confirmed) within the grace, and the broker link closes last.
         app[STATE].closing = True
         log.info("ingress shutting down")
         await runner.cleanup()
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
         log.info("ingress stopped")
 
 
@@ -204,14 +228,33 @@ async def run_drain(settings: Settings, old_partitions: int, delete: bool) -> No
           f"(ordering {settings.ordering}, {settings.partitions} partitions)")
 
 
-async def run_console(settings: Settings, host: str, port: int) -> None:
+async def run_migrate(settings: Settings, dry_run: bool) -> None:
+    from botrelay.worker.migrate import migrate
+
+    report = await migrate(settings, dry_run=dry_run)
+    if not report.changes:
+        print("nothing to migrate: every queue matches the settings")
+        return
+    if dry_run:
+        for change in report.changes:
+            print(f"would move {change.queue}: {change.line()}")
+        print(f"{len(report.changes)} queue(s) to move; run `botrelay migrate` with the workers "
+              "stopped")
+        return
+    for name, moved in report.moved.items():
+        print(f"{name}: recreated, {moved} callback(s) kept")
+
+
+async def run_console(settings: Settings, host: str, port: int, metrics_urls: list[str],
+                      sample_seconds: float) -> None:
     from aiohttp import web
 
     from botrelay.worker.console.app import make_console
     from botrelay.worker.console.guard import check_auth_settings
 
     check_auth_settings(settings)
-    runner = web.AppRunner(make_console(settings), access_log=None)
+    app = make_console(settings, metrics_urls=metrics_urls, sample_every=sample_seconds)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     log.info("console on http://%s:%d/", host, port)
@@ -230,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ingress", help="the HTTP ingress")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
+    p.add_argument("--metrics-port", type=int, help="0 disables the metrics server")
 
     p = sub.add_parser("worker", help="a worker running a bot")
     # Required: a production worker silently running the echo bot would answer real users.
@@ -258,9 +302,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the BOTRELAY_PARTITIONS in force before the change")
     p.add_argument("--delete", action="store_true", help="delete the emptied queues")
 
+    p = sub.add_parser("migrate", help="recreate queues whose arguments the settings changed")
+    p.add_argument("--dry-run", action="store_true", help="only say which queues would move")
+
     p = sub.add_parser("console", help="the operator's console: dead letters, queue depths")
     p.add_argument("--host", dest="console_host", default="127.0.0.1")
     p.add_argument("--port", dest="console_port", type=int, default=8090)
+    p.add_argument("--metrics-url", dest="metrics_urls", action="append", default=[],
+                   metavar="URL", help="an ingress or worker /metrics page for the flow charts "
+                   "(repeat for each process)")
+    p.add_argument("--sample-seconds", type=float, default=5.0,
+                   help="how often depths and metrics are sampled for the charts (default 5)")
 
     dlq = sub.add_parser("dlq", help="inspect, replay and purge dead letters")
     dsub = dlq.add_subparsers(dest="dlq_command", required=True)
@@ -302,9 +354,12 @@ def _command(args: argparse.Namespace, settings: Settings) -> Coroutine[Any, Any
                   "latency": args.latency, "rate_limit": args.rate_limit}
         return run_fake(args.port, args.host, config)
     if args.command == "console":
-        return run_console(settings, args.console_host, args.console_port)
+        return run_console(settings, args.console_host, args.console_port, args.metrics_urls,
+                           args.sample_seconds)
     if args.command == "drain":
         return run_drain(settings, args.from_partitions, args.delete)
+    if args.command == "migrate":
+        return run_migrate(settings, args.dry_run)
     return run_dlq(settings, args)
 
 
@@ -316,6 +371,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "dev":
             settings = settings.replace(log_format=args.log_format)
         logs.configure(settings)
+        for line in unknown_names():
+            log.warning(line)
+        if args.command == "ingress":
+            settings.check_ingress()
+        elif args.command == "worker":
+            settings.check_replies()
         _run(_command(args, settings), settings)
     except UsageError as exc:
         print(f"botrelay: {exc}", file=sys.stderr)

@@ -59,11 +59,10 @@ class PrintedReplies:
         self.out = out or sys.stdout
         self.client = client
 
-    def url(self, app_id: str, region: str | None, bot: str) -> str:
+    def url(self, app_id: str, bot: str) -> str:
         if self.client is not None:
-            return self.client.url(app_id, region, bot)
-        base = self.settings.cometchat_api_base.format(appId=app_id, region=region or "us")
-        return f"{base.rstrip('/')}/bots/{bot}/messages"
+            return self.client.url(app_id, bot)
+        return f"printed://{app_id}/bots/{bot}"  # never requested: replies are only printed
 
     async def send(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = {}
@@ -135,7 +134,10 @@ async def run_dev(settings: Settings, bot: Bot, stop: asyncio.Event, *,
 
     out = out or sys.stdout
     print(BANNER, file=out, flush=True)
-    client = ReplyClient(settings) if settings.cometchat_api_key else None
+    client = None
+    if settings.cometchat_api_key or settings.cometchat_apps_file:
+        settings.check_replies()  # a key goes to a configured app's API, never elsewhere
+        client = ReplyClient(settings)
     if client is None:
         print("BOTRELAY_COMETCHAT_API_KEY is not set: replies are printed, not sent.",
               file=out, flush=True)
@@ -145,7 +147,9 @@ async def run_dev(settings: Settings, bot: Bot, stop: asyncio.Event, *,
     broker = MemoryBroker(settings, on_move=lambda stored: print(
         describe_move(stored), file=out, flush=True))
     replies = PrintedReplies(settings, out, client)
-    runner = web.AppRunner(make_app(settings, broker=broker), access_log=None)
+    # With nothing sent, any appId is fine: dev mode answers whatever a tutorial posts.
+    app = make_app(settings, broker=broker, any_app=client is None)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:
         async with MemoryWorker(settings, bot, broker, replies=replies):

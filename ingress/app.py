@@ -7,9 +7,10 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from botrelay.ingress.access import CallbackAccess
 from botrelay.ingress.callback import handle_callback, json_errors
+from botrelay.ingress.openapi import openapi_json
 from botrelay.ingress.state import STATE, IngressState
-from botrelay.shared.basic_auth import BasicAuth
 from botrelay.shared.broker import BrokerLink
 from botrelay.shared.metrics import CONTENT_TYPE_LATEST, IngressMetrics, render
 from botrelay.shared.settings import Settings
@@ -37,18 +38,17 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def make_app(settings: Settings, *, broker: Broker | None = None,
-             wait_for_broker: bool = False) -> web.Application:
-    """The ingress app. ``broker`` lets tests and ``botrelay dev`` pass their own link."""
+             wait_for_broker: bool = False, any_app: bool = False) -> web.Application:
+    """The ingress app. ``broker`` lets tests and ``botrelay dev`` pass their own link;
+    ``any_app`` (dev mode) admits every ``appId`` while no app is configured."""
     # client_max_size makes aiohttp stop reading a body (chunked ones too) past the limit.
     app = web.Application(client_max_size=settings.max_body, middlewares=[json_errors])
-    auth = None
-    if settings.callback_username and settings.callback_password:
-        auth = BasicAuth(settings.callback_username, settings.callback_password)
+    access = CallbackAccess(settings, any_app=any_app)
     state = IngressState(
         settings=settings,
         broker=broker or BrokerLink(settings, "botrelay-ingress"),
         metrics=IngressMetrics(),
-        auth=auth,
+        access=access,
     )
     app[STATE] = state
 
@@ -66,7 +66,21 @@ def make_app(settings: Settings, *, broker: Broker | None = None,
     app.router.add_post("/callback", handle_callback)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    spec = openapi_json(settings)
+
+    async def openapi(request: web.Request) -> web.Response:
+        return web.Response(body=spec, content_type="application/json")
+
+    app.router.add_get("/openapi.json", openapi)
+    if not access.authenticates:
+        log.warning("no callback credentials: /callback accepts any caller")
+    return app
+
+
+def make_metrics_app(ingress: web.Application) -> web.Application:
+    """``GET /metrics`` of ``ingress``, served on BOTRELAY_METRICS_PORT: never on the public
+    callback port, where anyone who can post a callback could read the traffic figures."""
+    app = web.Application()
+    app[STATE] = ingress[STATE]
     app.router.add_get("/metrics", metrics)
-    if not auth:
-        log.warning("BOTRELAY_CALLBACK_USERNAME/_PASSWORD not set: /callback accepts any caller")
     return app

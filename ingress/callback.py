@@ -1,7 +1,7 @@
 """``POST /callback``: the one hot path. Each answer is in the design's table:
 
-auth 401 -> size 413 -> content type 415 -> slow body 408 -> JSON/shape 400 -> ignored 200 ->
-publish -> 200 / 503.
+auth 401 -> size 413 -> content type 415 -> slow body 408 -> JSON/shape 400 -> app 403 ->
+ignored 200 -> publish -> 200 / 503.
 Nothing is published unless every check passed; 200 "queued" only after the broker's confirm.
 """
 
@@ -16,10 +16,12 @@ from aio_pika.exceptions import DeliveryError
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from botrelay.ingress.access import Owners, Verdict
 from botrelay.ingress.state import STATE, IngressState
 from botrelay.shared.broker import PUBLISH_ERRORS, BrokerUnavailable
 from botrelay.shared.errors import PayloadError
 from botrelay.shared.headers import ATTEMPT, CONVERSATION, RECEIVED_AT, TRIGGER
+from botrelay.shared.model import Callback
 from botrelay.shared.payloads import parse_body
 from botrelay.shared.topology import inbound_key
 
@@ -94,9 +96,28 @@ async def _read_body(request: web.Request, state: IngressState) -> bytes | web.R
                        "the client closed the connection before sending the whole body")
 
 
+def _admitted(body: bytes, owners: Owners, state: IngressState) -> Callback | web.Response:
+    """The parsed callback, or the answer for a malformed one (400) or one for an app this
+    deployment does not serve or these credentials do not cover (403)."""
+    try:
+        callback = parse_body(body)
+    except PayloadError as exc:
+        reason = "bad_json" if exc.error == "invalid JSON" else "bad_shape"
+        return _reject(state, 400, reason, exc.error, exc.detail)
+    verdict = state.access.admit(callback.app_id, owners)
+    if verdict is Verdict.UNKNOWN_APP:
+        return _reject(state, 403, "unknown_app", "forbidden",
+                       f"appId {callback.app_id!r} is not an app this deployment serves")
+    if verdict is Verdict.WRONG_APP:
+        return _reject(state, 403, "wrong_app", "forbidden",
+                       f"these credentials are not for app {callback.app_id!r}")
+    return callback
+
+
 async def _answer(request: web.Request, state: IngressState) -> web.Response:
     settings = state.settings
-    if state.auth is not None and not state.auth.check(request.headers.get("Authorization")):
+    owners = state.access.authenticate(request.headers.get("Authorization"))
+    if owners is None:
         return _reject(state, 401, "auth", "unauthorized", "missing or wrong Basic credentials",
                        {"WWW-Authenticate": 'Basic realm="botrelay", charset="UTF-8"'})
     length = request.content_length
@@ -109,11 +130,9 @@ async def _answer(request: web.Request, state: IngressState) -> web.Response:
     body = await _read_body(request, state)
     if isinstance(body, web.Response):
         return body
-    try:
-        callback = parse_body(body)
-    except PayloadError as exc:
-        reason = "bad_json" if exc.error == "invalid JSON" else "bad_shape"
-        return _reject(state, 400, reason, exc.error, exc.detail)
+    callback = _admitted(body, owners, state)
+    if isinstance(callback, web.Response):
+        return callback
     if callback.ignore_reason is not None:
         reason = "own_message" if callback.message is not None else "unhandled_trigger"
         state.metrics.callbacks.labels("ignored", reason).inc()

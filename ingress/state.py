@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from botrelay.shared.basic_auth import BasicAuth
+from botrelay.ingress.access import CallbackAccess
 from botrelay.shared.metrics import IngressMetrics
 from botrelay.shared.settings import Settings
 from botrelay.shared.transport import Broker
@@ -17,7 +17,7 @@ class IngressState:
     settings: Settings
     broker: Broker
     metrics: IngressMetrics
-    auth: BasicAuth | None
+    access: CallbackAccess
     closing: bool = False
 
 

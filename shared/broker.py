@@ -36,6 +36,7 @@ from pamqp import commands as spec
 from botrelay.shared import topology
 from botrelay.shared.amqp_nodes import connect_nodes
 from botrelay.shared.publisher import ChannelClosed, ConfirmBatcher
+from botrelay.shared.queue_changes import QueueMismatch
 from botrelay.shared.settings import Settings
 
 log = logging.getLogger("botrelay.broker")
@@ -176,7 +177,24 @@ class BrokerLink:
             await self.wait_connected()
 
     async def wait_connected(self, timeout: float | None = None) -> None:
-        await asyncio.wait_for(self._connected.wait(), timeout)
+        """Return once connected; raise what stopped the link for good (``QueueMismatch``)."""
+        assert self._task is not None, "start() first"
+        connected = asyncio.ensure_future(self._connected.wait())
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.wait({connected, self._task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            connected.cancel()
+        if not self._connected.is_set():
+            self._task.result()  # raises the fatal error
+            raise RuntimeError("the broker link stopped before it connected")
+
+    async def stopped(self) -> None:
+        """Wait until the link gives up for good, raising why (a ``QueueMismatch``): retrying
+        cannot help when the settings and the live queues disagree."""
+        assert self._task is not None, "start() first"
+        await asyncio.shield(self._task)
+        await asyncio.Event().wait()  # connected: it never gives up after that
 
     async def _connect_forever(self) -> None:
         delay = 0.5
@@ -184,6 +202,9 @@ class BrokerLink:
             try:
                 await self._open()
                 return
+            except QueueMismatch as exc:
+                log.error("%s", exc)
+                raise
             except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as exc:
                 log.warning(
                     "broker %s unreachable (%s); retrying in %.1fs",
@@ -211,6 +232,8 @@ class BrokerLink:
         if self.channel is not None:
             try:
                 self.exchange = await topology.declare(self.channel, self.settings)
+            except QueueMismatch as exc:  # someone re-declared a queue meanwhile: say what
+                log.error("re-declaring the topology after a reconnect failed: %s", exc)
             except Exception:
                 log.exception("re-declaring the topology after a reconnect failed")
 

@@ -21,13 +21,15 @@ from typing import Any
 import orjson
 
 from botrelay.shared.errors import PayloadError
+from botrelay.shared.identity import UID, UID_RULE, check
 from botrelay.shared.model import (
     GROUP_MEMBER_TRIGGERS,
     MAX_KEY_BYTES,
     REACTION_TRIGGERS,
     Callback,
     Message,
-    _str,
+    _region,
+    _uid,
 )
 
 
@@ -55,23 +57,21 @@ def _reaction(doc: dict[str, Any], data: dict[str, Any], trigger: str, app_id: s
               bot: str | None, webhook: str | None) -> Callback:
     source = bot or webhook or ""
     reaction = _object(data, "reaction", "data.")
-    message_id = _str(reaction, "messageId", "data.reaction.")
+    message_id = _uid(reaction, "messageId", "data.reaction.")
     reacted_by = reaction.get("reactedBy")
-    sender = _str(reaction, "uid", "data.reaction.", required=False)
+    sender = _uid(reaction, "uid", "data.reaction.", required=False)
     if sender is None and isinstance(reacted_by, dict):
-        sender = _str(reacted_by, "uid", "data.reaction.reactedBy.")
+        sender = _uid(reacted_by, "uid", "data.reaction.reactedBy.")
     if sender is None:
         raise PayloadError("invalid callback", "missing field 'data.reaction.uid'")
     assert message_id
     emoji = reaction.get("reaction")
     reacted_at = _int(reaction.get("reactedAt"))
-    event_id = _str(reaction, "id", "data.reaction.", required=False) or f"{message_id}.{sender}"
+    event_id = _uid(reaction, "id", "data.reaction.", required=False) or f"{message_id}.{sender}"
     if reacted_at is not None:
         event_id = f"{event_id}@{reacted_at}"
-    region = doc.get("region")
     message = Message(
-        id=message_id, trigger=trigger, app_id=app_id,
-        region=region if isinstance(region, str) else None, bot=bot,
+        id=message_id, trigger=trigger, app_id=app_id, region=_region(doc), bot=bot,
         webhook=webhook, sender=sender, receiver=source, receiver_type="user",
         conversation_id=f"message_{message_id}", category="reaction", type="reaction",
         text=None, data=reaction, sent_at=reacted_at, raw=doc,
@@ -84,11 +84,13 @@ def _group_member(doc: dict[str, Any], data: dict[str, Any], trigger: str, app_i
                   bot: str | None, webhook: str | None) -> Callback:
     source = bot or webhook or ""
     group = _object(data, "group", "data.")
-    guid = _str(group, "guid", "data.group.")
+    guid = _uid(group, "guid", "data.group.")
     members = data.get("members")
     uids = tuple(str(uid) for uid in members) if isinstance(members, dict) else ()
+    for uid in uids:
+        check(UID, uid, "data.members", f"keyed by UIDs ({UID_RULE})")
     by = data.get("by")
-    actor = _str(by, "uid", "data.by.", required=False) if isinstance(by, dict) else None
+    actor = _uid(by, "uid", "data.by.", required=False) if isinstance(by, dict) else None
     sender = actor or (uids[0] if uids else None)
     if sender is None or guid is None:
         raise PayloadError("invalid callback", "field 'data.members' must name a member")
@@ -97,10 +99,8 @@ def _group_member(doc: dict[str, Any], data: dict[str, Any], trigger: str, app_i
         conversation = f"group_{guid}"
     digest = hashlib.blake2b(orjson.dumps(data, option=orjson.OPT_SORT_KEYS),
                              digest_size=10).hexdigest()
-    region = doc.get("region")
     message = Message(
-        id=digest, trigger=trigger, app_id=app_id,
-        region=region if isinstance(region, str) else None, bot=bot,
+        id=digest, trigger=trigger, app_id=app_id, region=_region(doc), bot=bot,
         webhook=webhook, sender=sender, receiver=guid, receiver_type="group",
         conversation_id=conversation, category="action", type="groupMember", text=None,
         data=data, sent_at=_int(group.get("updatedAt")), raw=doc, members=uids,

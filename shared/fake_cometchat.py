@@ -13,6 +13,11 @@ It records every accepted reply and can misbehave on demand:
 - ``lose_answer_first``: store the first N replies, then reset the connection (the reply was
   taken but its answer is lost on the way back).
 
+Like the real API it stores each message's ``tags`` and lists messages by tag:
+``GET .../messages?tags=<tag>`` with optional ``conversationId`` and ``sender`` filters answers
+``{"data": [messages]}``, the messages stored under that app whose tags hold the tag. A reply
+is listed as soon as it is stored, before its answer goes back (so a resend is caught).
+
 Control it in-process (``FakeCometChat.config``) or over HTTP: ``GET /_fake/replies``,
 ``POST /_fake/config`` (JSON of the fields above), ``POST /_fake/reset``.
 """
@@ -55,6 +60,14 @@ class Recorded:
     body: dict[str, Any]
     at: float
     agent: str = ""  # the sender's User-Agent: which worker sent it
+    id: str = ""  # the message id the API gave it
+    sender: str = ""  # the bot that sent it
+    conversation: str = ""  # CometChat's conversationId for it
+
+    @property
+    def app(self) -> str:
+        """The path before ``bots/``: it names the app (``/{appId}/v3/``)."""
+        return self.path.split("bots/", 1)[0]
 
 
 class FakeCometChat:
@@ -63,6 +76,7 @@ class FakeCometChat:
         self.echo = echo  # print each reply (the CLI command)
         self.replies: list[Recorded] = []
         self.requests = 0
+        self.lookups = 0  # GET .../messages requests (lookups by tag)
         self.statuses: dict[int, int] = defaultdict(int)
         self._windows: dict[str, tuple[int, int]] = {}  # app -> (second, count)
         self._rng = random.Random(self.config.seed)
@@ -71,12 +85,14 @@ class FakeCometChat:
     def reset(self) -> None:
         self.replies.clear()
         self.requests = 0
+        self.lookups = 0
         self.statuses.clear()
         self._windows.clear()
 
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post(r"/{prefix:.*}bots/{bot}/messages", self.handle)
+        app.router.add_get(r"/{prefix:.*}messages", self.list_messages)
         app.router.add_get("/_fake/replies", self.list_replies)
         app.router.add_post("/_fake/config", self.set_config)
         app.router.add_post("/_fake/reset", self.reset_handler)
@@ -134,9 +150,16 @@ class FakeCometChat:
         if status is not None:
             headers = {"Retry-After": "1"} if status == 429 else None
             return self._answer(status, f"ERR_{status}", "injected failure", headers)
+        self._id += 1
+        message_id = str(self._id)
+        bot = request.match_info["bot"]
+        receiver = str(body["receiver"])
+        conversation = (f"group_{receiver}" if body.get("receiverType") == "group"
+                        else "_user_".join(sorted((receiver, bot))))
         self.replies.append(Recorded(request.path, request.headers.get("apikey"), body,
                                      at=time.time(),
-                                     agent=request.headers.get("User-Agent", "")))
+                                     agent=request.headers.get("User-Agent", ""),
+                                     id=message_id, sender=bot, conversation=conversation))
         self.statuses[200] += 1
         if number <= cfg.lose_answer_first:
             return _drop(request)
@@ -144,8 +167,25 @@ class FakeCometChat:
             data = body.get("data") or {}
             print(f"reply -> {body.get('receiverType')} {body.get('receiver')}: "
                   f"{data.get('text', body.get('type'))}", flush=True)
-        self._id += 1
-        return web.json_response({"data": {"id": str(self._id), **body}}, dumps=_dumps)
+        return web.json_response({"data": {"id": message_id, **body}}, dumps=_dumps)
+
+    async def list_messages(self, request: web.Request) -> web.Response:
+        """Messages of this app by tag, as CometChat's "list messages" answers them."""
+        self.lookups += 1
+        tag = request.query.get("tags")
+        if not tag:
+            return self._answer(400, "ERR_BAD_REQUEST", "tags is required")
+        app = f"/{request.match_info['prefix']}"
+        conversation = request.query.get("conversationId")
+        sender = request.query.get("sender")
+        found = [
+            {"id": r.id, "conversationId": r.conversation, "sender": r.sender, **r.body,
+             "tags": r.body.get("tags") or []}
+            for r in self.replies
+            if r.app == app and tag in (r.body.get("tags") or [])
+            and (conversation is None or r.conversation == conversation)
+            and (sender is None or r.sender == sender)]
+        return web.json_response({"data": found}, dumps=_dumps)
 
     async def list_replies(self, request: web.Request) -> web.Response:
         return web.json_response(

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import orjson
+from aiohttp.http_exceptions import HttpProcessingError
 
 from botrelay.shared.settings import Settings
 
@@ -94,8 +95,27 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+class ParserErrors(logging.Filter):
+    """aiohttp logs each request its HTTP parser refuses (a bad chunk size, Content-Length with
+    Transfer-Encoding, a NUL in a header) at error level with a traceback, although it already
+    answered 400. Hostile traffic must not flood the error log: one warning line each."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            reason = (exc.message or type(exc).__name__).strip().splitlines()[0]
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg, record.args = "refused a malformed HTTP request (400): %s", (reason,)
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 def secrets_of(settings: Settings) -> list[str]:
-    values = [settings.callback_password, settings.cometchat_api_key]
+    values = [settings.callback_password, settings.callback_previous_password,
+              settings.cometchat_api_key]
+    for app in settings.file_apps:
+        values.append(app.api_key)
+        values.extend(password for _, password in app.callback)
     for url in (*settings.amqp_urls, settings.redis_url):
         if url and "@" in url and "://" in url:
             creds = url.split("://", 1)[1].rsplit("@", 1)[0]
@@ -120,3 +140,6 @@ def configure(settings: Settings, *, stream: Any = None) -> None:
         logging.getLogger(noisy).setLevel(
             logging.DEBUG if root.level <= logging.DEBUG else logging.CRITICAL)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, ParserErrors) for f in server.filters):
+        server.addFilter(ParserErrors())

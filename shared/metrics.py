@@ -77,6 +77,12 @@ class WorkerMetrics:
             ["queue"],
             registry=self.registry,
         )
+        self.loop_blocked = Counter(
+            "botrelay_event_loop_blocked_seconds",
+            "Time the worker's event loop was blocked (by a handler that does not yield), "
+            "counted in stalls of half a second or more.",
+            registry=self.registry,
+        )
         self.throttle_seconds = Histogram(
             "botrelay_reply_throttle_seconds",
             "Time a reply waited for the outbound rate limit before being sent.",

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from botrelay.shared.errors import PayloadError
+from botrelay.shared.identity import ID, REGION, REGION_RULE, UID, UID_RULE, check
 
 # Triggers whose payload carries a message, and so can be answered.
 MESSAGE_TRIGGERS = frozenset(
@@ -156,3 +157,28 @@ def _str(doc: dict[str, Any], key: str, where: str, *, required: bool = True) ->
     if value is None:
         raise PayloadError("invalid callback", f"missing field '{where}{key}'")
     raise PayloadError("invalid callback", f"field '{where}{key}' must be a non-empty string")
+
+
+def _uid(doc: dict[str, Any], key: str, where: str, *, required: bool = True) -> str | None:
+    """A UID, GUID or id field: it ends up in keys and URLs, so it must have CometChat's format."""
+    value = _str(doc, key, where, required=required)
+    if value is None:
+        return None
+    return check(UID if key != "id" else ID, value, f"{where}{key}", UID_RULE)
+
+
+def _text(doc: dict[str, Any], key: str, where: str) -> str | None:
+    """An optional field used as a string (category, type, ...): absent, or a string."""
+    value = doc.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    raise PayloadError("invalid callback", f"field '{where}{key}' must be a string")
+
+
+def _region(doc: dict[str, Any]) -> str | None:
+    """The payload's region: informative only (the reply host comes from the configured app),
+    but still held to its format so nothing odd travels on in the message."""
+    value = _text(doc, "region", "")
+    if value is None:
+        return None
+    return check(REGION, value, "region", REGION_RULE)

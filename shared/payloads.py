@@ -15,6 +15,7 @@ from typing import Any
 
 from botrelay.shared.errors import PayloadError
 from botrelay.shared.events import parse_event
+from botrelay.shared.identity import APP_ID, APP_ID_RULE, check
 from botrelay.shared.model import (
     _ACTION_TRIGGERS,
     _MENTION,
@@ -25,7 +26,10 @@ from botrelay.shared.model import (
     RECEIVER_TYPES,
     Callback,
     Message,
+    _region,
     _str,
+    _text,
+    _uid,
     loads,
 )
 
@@ -50,9 +54,9 @@ def _mentions(data: dict[str, Any], text: str | None) -> tuple[str, ...]:
 def _message(doc: dict[str, Any], raw: dict[str, Any], trigger: str, app_id: str,
              bot: str | None, webhook: str | None) -> Message:
     where = "data.message." if "message" in raw["data"] else "data."
-    msg_id = _str(doc, "id", where)
-    sender = _str(doc, "sender", where)
-    receiver = _str(doc, "receiver", where)
+    msg_id = _uid(doc, "id", where)
+    sender = _uid(doc, "sender", where)
+    receiver = _uid(doc, "receiver", where)
     receiver_type = _str(doc, "receiverType", where)
     assert msg_id and sender and receiver and receiver_type  # required=True guarantees it
     if receiver_type not in RECEIVER_TYPES:
@@ -67,24 +71,25 @@ def _message(doc: dict[str, Any], raw: dict[str, Any], trigger: str, app_id: str
     text = inner.get("text")
     if text is not None and not isinstance(text, str):
         raise PayloadError("invalid callback", f"field '{where}data.text' must be a string")
-    conversation = doc.get("conversationId")
-    if not isinstance(conversation, str) or not conversation:
+    conversation = _text(doc, "conversationId", where)
+    if not conversation:
         conversation = _conversation(sender, receiver, receiver_type)
+    category = _text(doc, "category", where)
+    kind = _text(doc, "type", where)
     sent_at = doc.get("sentAt")
-    region = raw.get("region")
     return Message(
         id=msg_id,
         trigger=trigger,
         app_id=app_id,
-        region=region if isinstance(region, str) else None,
+        region=_region(raw),
         bot=bot,
         webhook=webhook,
         sender=sender,
         receiver=receiver,
         receiver_type=receiver_type,
         conversation_id=conversation,
-        category=str(doc.get("category") or "message"),
-        type=str(doc.get("type") or "text"),
+        category=category or "message",
+        type=kind or "text",
         text=text,
         data=inner,
         mentions=_mentions(inner, text),
@@ -106,7 +111,7 @@ def _action_subject(doc: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
     subject = {k: v for k, v in doc.items() if k != "data"}
     subject.update(entity)
     subject.setdefault("data", {})
-    action_id = _str(doc, "id", "data.message.")
+    action_id = _uid(doc, "id", "data.message.")
     return action_id, subject
 
 
@@ -116,9 +121,11 @@ def parse_callback(doc: Any) -> Callback:
         raise PayloadError("invalid callback", "the body must be a JSON object")
     trigger = _str(doc, "trigger", "")
     app_id = _str(doc, "appId", "")
-    bot = _str(doc, "bot", "", required=False)
-    webhook = _str(doc, "webhook", "", required=False)
     assert trigger and app_id
+    check(APP_ID, app_id, "appId", APP_ID_RULE)
+    bot = _uid(doc, "bot", "", required=False)
+    webhook = _uid(doc, "webhook", "", required=False)
+    _region(doc)
     source = bot or webhook
     if source is None:
         raise PayloadError("invalid callback", "missing field 'bot' (or 'webhook')")

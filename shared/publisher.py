@@ -97,27 +97,35 @@ class ConfirmBatcher:
             stale = [p for p in batch if p.channel is not channel]
             _fail(stale, ChannelClosed("the channel was replaced before the message was sent"))
             batch = [p for p in batch if p.channel is channel]
-        tags: list[int] = []
+        taken: list[_Taken] = []
         try:
             # The channel's lock orders these tags against any other publish on it (aiormq holds
             # it from taking a tag to queueing the frames). The write queue is bounded: a slow
             # broker makes this wait, and the callers with it.
             async with channel.lock:
-                payload = _marshal(channel, batch, tags)
-                if payload:
-                    await channel.write_queue.put(ChannelFrame(payload=payload,
-                                                               should_close=False))
+                try:
+                    payload = _marshal(channel, batch, taken)
+                    if payload:
+                        await channel.write_queue.put(ChannelFrame(payload=payload,
+                                                                   should_close=False))
+                except BaseException:
+                    _give_back(channel, taken)  # still under the lock: the last tags are ours
+                    raise
+            for tag, message_id, future in taken:
+                if message_id:
+                    future.add_done_callback(partial(_forget_id, channel, message_id, tag))
         except BaseException as exc:
-            # Marshalled but not queued: the broker never saw these; free their tags' slots.
-            for tag in tags:
-                channel.confirmations.pop(tag, None)
             _fail(batch, ChannelClosed(f"not sent: {exc!r}"))
             if not isinstance(exc, Exception):
                 raise
             log.warning("could not write %d messages to the broker: %r", len(batch), exc)
 
 
-def _marshal(channel: Channel, batch: list[_Pending], tags: list[int]) -> bytes:
+# A message's delivery tag, message id and confirm future, once it has taken the tag.
+_Taken = tuple[int, str | None, "asyncio.Future[Any]"]
+
+
+def _marshal(channel: Channel, batch: list[_Pending], taken: list[_Taken]) -> bytes:
     """The batch as one payload. A message takes its delivery tag only once its frames are
     built, so one that cannot be encoded (an odd header value) fails alone."""
     number = channel.number
@@ -145,10 +153,29 @@ def _marshal(channel: Channel, batch: list[_Pending], tags: list[int]) -> bytes:
         if message_id:
             # A return names its message by id only: this is how aiormq finds the publish.
             channel.message_id_delivery_tag[message_id] = tag
-            p.future.add_done_callback(partial(_forget_id, channel, message_id, tag))
         parts += frames
-        tags.append(tag)
+        taken.append((tag, message_id, p.future))
     return b"".join(parts)
+
+
+def _give_back(channel: Channel, taken: list[_Taken]) -> None:
+    """The batch was not queued, so the broker never saw it: hand its delivery tags back, as
+    aiormq's ``basic_publish`` does for its own unsent publish. The broker numbers confirms by
+    the publishes it received; a tag kept for a message never sent would shift every later
+    confirm onto the wrong message (an ack for one taken as another's, and the last left
+    waiting). Called under the channel's lock, so the tags taken last are these."""
+    if not taken:
+        return
+    if channel.delivery_tag == taken[-1][0]:
+        channel.delivery_tag -= len(taken)
+    else:  # not ours to give back (aiormq changed how it numbers): say so, loudly
+        log.error("delivery tags out of step on channel %s: at %d, ours end at %d",
+                  channel.number, channel.delivery_tag, taken[-1][0])
+    ids = channel.message_id_delivery_tag
+    for tag, message_id, _ in taken:
+        channel.confirmations.pop(tag, None)
+        if message_id and ids.get(message_id) == tag:
+            del ids[message_id]
 
 
 def _forget_id(channel: Channel, message_id: str, tag: int, _: asyncio.Future[Any]) -> None:

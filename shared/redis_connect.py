@@ -30,6 +30,8 @@ from botrelay.shared.settings import Settings
 SOCKET_TIMEOUT = 2.0
 # Retries of one call while the sentinels promote a new primary (see ``failover_retry``).
 FAILOVER_RETRIES = 20
+# About as long as those retries last: how long a caller waits out a failover in Sentinel mode.
+FAILOVER_WAIT = 10.0
 
 
 def make_redis(settings: Settings, **options: Any) -> aioredis.Redis:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from botrelay.shared.apps import App, index, load_apps_file
 from botrelay.shared.errors import SettingsError
 
 DEFAULT_API_BASE = "https://{appId}.api-{region}.cometchat.io/v3"
@@ -18,6 +19,7 @@ DEFAULT_API_BASE = "https://{appId}.api-{region}.cometchat.io/v3"
 LogFormat = Literal["json", "text"]
 Ordering = Literal["conversation", "none"]
 ConsoleAuth = Literal["basic", "none"]
+CallbackAuth = Literal["basic", "none"]
 
 
 def _delays(raw: str) -> tuple[float, ...]:
@@ -124,6 +126,25 @@ class Settings:
     callback_password: str | None = field(
         default=None, repr=False, metadata=_env("BOTRELAY_CALLBACK_PASSWORD")
     )
+    # Rotation: the pair being replaced stays accepted until CometChat sends the new one.
+    callback_previous_username: str | None = field(
+        default=None, metadata=_env("BOTRELAY_CALLBACK_PREVIOUS_USERNAME")
+    )
+    callback_previous_password: str | None = field(
+        default=None, repr=False, metadata=_env("BOTRELAY_CALLBACK_PREVIOUS_PASSWORD")
+    )
+    # "none" says on purpose that something in front of the ingress authenticates callers.
+    callback_auth: CallbackAuth = field(
+        default="basic", metadata=_env("BOTRELAY_CALLBACK_AUTH", _choice("basic", "none"))
+    )
+    # The app this deployment serves; BOTRELAY_COMETCHAT_APPS_FILE lists more.
+    cometchat_app_id: str | None = field(default=None, metadata=_env("BOTRELAY_COMETCHAT_APP_ID"))
+    cometchat_region: str = field(default="us", metadata=_env("BOTRELAY_COMETCHAT_REGION"))
+    cometchat_apps_file: str | None = field(
+        default=None, metadata=_env("BOTRELAY_COMETCHAT_APPS_FILE")
+    )
+    # Read from the apps file by from_env (with its env var indirections); not an env var itself.
+    file_apps: tuple[App, ...] = field(default=(), repr=False, compare=False)
     cometchat_api_key: str | None = field(
         default=None, repr=False, metadata=_env("BOTRELAY_COMETCHAT_API_KEY")
     )
@@ -211,7 +232,9 @@ class Settings:
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             name = f.metadata.get("env")
-            raw = source.get(name) if name else None
+            if name is None:
+                continue
+            raw = source.get(name)
             if raw is None or raw == "":
                 continue
             try:
@@ -219,6 +242,8 @@ class Settings:
             except ValueError as exc:
                 raise SettingsError(f"{name}={raw!r} is not valid: {exc}") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
+        if values.get("cometchat_apps_file") and "file_apps" not in values:
+            values["file_apps"] = load_apps_file(values["cometchat_apps_file"], source)
         settings = cls(**values)
         settings.check()
         return settings
@@ -236,6 +261,13 @@ class Settings:
             raise SettingsError(
                 "set both BOTRELAY_CALLBACK_USERNAME and BOTRELAY_CALLBACK_PASSWORD, or neither"
             )
+        if bool(self.callback_previous_username) != bool(self.callback_previous_password):
+            raise SettingsError("set both BOTRELAY_CALLBACK_PREVIOUS_USERNAME and "
+                                "BOTRELAY_CALLBACK_PREVIOUS_PASSWORD, or neither")
+        if self.callback_auth == "none" and self.callback_pairs():
+            raise SettingsError("BOTRELAY_CALLBACK_AUTH=none but BOTRELAY_CALLBACK_USERNAME is "
+                                "set: unset one of them")
+        self.apps_by_id()  # app ids, regions and reply bases are valid and distinct
         if bool(self.console_username) != bool(self.console_password):
             raise SettingsError(
                 "set both BOTRELAY_CONSOLE_USERNAME and BOTRELAY_CONSOLE_PASSWORD, or neither"
@@ -278,8 +310,79 @@ class Settings:
 
     @property
     def auth_enabled(self) -> bool:
-        return bool(self.callback_username)
+        return bool(self.callback_pairs()) or any(app.callback for app in self.apps)
+
+    def callback_pairs(self) -> tuple[tuple[str, str], ...]:
+        """The username/password pairs accepted for every app's callbacks."""
+        pairs = []
+        for username, password in ((self.callback_username, self.callback_password),
+                                   (self.callback_previous_username,
+                                    self.callback_previous_password)):
+            if username and password:
+                pairs.append((username, password))
+        return tuple(pairs)
+
+    @property
+    def apps(self) -> tuple[App, ...]:
+        """Every configured app: the one of BOTRELAY_COMETCHAT_APP_ID, then the file's."""
+        own: tuple[App, ...] = ()
+        if self.cometchat_app_id:
+            try:
+                own = (App(self.cometchat_app_id, self.cometchat_region,
+                           api_key=self.cometchat_api_key),)
+            except SettingsError as exc:
+                raise SettingsError(f"BOTRELAY_COMETCHAT_APP_ID/_REGION: {exc}") from None
+        return own + self.file_apps
+
+    def apps_by_id(self) -> dict[str, App]:
+        return index(self.apps, self.cometchat_api_base)
+
+    def check_ingress(self) -> None:
+        """What ``botrelay ingress`` needs to run safely; a ``SettingsError`` (exit 2) if not."""
+        if not self.auth_enabled and self.callback_auth != "none":
+            raise SettingsError(
+                "no callback credentials: set BOTRELAY_CALLBACK_USERNAME and "
+                "BOTRELAY_CALLBACK_PASSWORD (the Basic auth configured on the CometChat bot), "
+                "or BOTRELAY_CALLBACK_AUTH=none if a proxy in front authenticates callers")
+        if not self.apps:
+            raise SettingsError("no CometChat app configured: set BOTRELAY_COMETCHAT_APP_ID "
+                                "(and BOTRELAY_COMETCHAT_REGION), or BOTRELAY_COMETCHAT_APPS_FILE")
+
+    def check_replies(self) -> None:
+        """What sending replies needs (``botrelay worker``; ``botrelay dev`` with a key)."""
+        keyed = bool(self.cometchat_api_key) or any(app.api_key for app in self.file_apps)
+        if not keyed:
+            raise SettingsError("no CometChat API key: set BOTRELAY_COMETCHAT_API_KEY (or "
+                                "api_key in BOTRELAY_COMETCHAT_APPS_FILE), or every reply fails")
+        if not self.apps:
+            raise SettingsError("BOTRELAY_COMETCHAT_API_KEY is set but no app is: set "
+                                "BOTRELAY_COMETCHAT_APP_ID (and BOTRELAY_COMETCHAT_REGION), "
+                                "so replies go to that app's API and nowhere else")
+        missing = [app.id for app in self.apps if not app.api_key]
+        if missing:
+            raise SettingsError(f"app {missing[0]} has no API key: set "
+                                "BOTRELAY_COMETCHAT_API_KEY or its api_key in the apps file")
 
     def env_names(self) -> dict[str, str]:
         """Field name -> env var name, for docs and the deploy-manifest check."""
-        return {f.name: f.metadata["env"] for f in dataclasses.fields(self)}
+        return {f.name: f.metadata["env"] for f in dataclasses.fields(self)
+                if "env" in f.metadata}
+
+
+# Variables botrelay reads that are not settings of a process (the image's bot, the tests').
+_OTHER_NAMES = frozenset({"BOTRELAY_APP"})
+
+
+def unknown_names(env: Mapping[str, str] | None = None) -> list[str]:
+    """``BOTRELAY_*`` variables no setting reads, each with the nearest known name: a typo
+    must not silently fall back to a default."""
+    import difflib
+
+    source = os.environ if env is None else env
+    known = set(Settings().env_names().values()) | _OTHER_NAMES
+    lines = []
+    for name in sorted(n for n in source if n.startswith("BOTRELAY_") and n not in known):
+        near = difflib.get_close_matches(name, known, n=1)
+        hint = f" (did you mean {near[0]}?)" if near else ""
+        lines.append(f"{name} is not a botrelay setting{hint}; it is ignored")
+    return lines

@@ -34,8 +34,10 @@ import zlib
 from typing import Any
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractExchange
+import aiormq
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
 
+from botrelay.shared.queue_changes import QueueMismatch, parse_refusal
 from botrelay.shared.settings import Settings
 
 INBOUND_KEY = "inbound"
@@ -164,6 +166,10 @@ def inbound_arguments(settings: Settings) -> dict[str, Any]:
     )
 
 
+def partition_arguments(settings: Settings) -> dict[str, Any]:
+    return {**inbound_arguments(settings), "x-single-active-consumer": True}
+
+
 def retry_arguments(settings: Settings, seconds: float) -> dict[str, Any]:
     return _quorum(
         settings,
@@ -180,35 +186,39 @@ def dead_arguments(settings: Settings) -> dict[str, Any]:
     return _quorum(settings, **{"x-max-length": SIDE_QUEUE_MAX_LENGTH})
 
 
+async def _queue(channel: AbstractChannel, name: str, arguments: dict[str, Any]
+                 ) -> AbstractQueue:
+    try:
+        return await channel.declare_queue(name, durable=True, arguments=arguments)
+    except aiormq.exceptions.ChannelPreconditionFailed as exc:
+        mismatch = parse_refusal(str(exc))
+        if mismatch is None:
+            raise
+        raise QueueMismatch(mismatch) from None
+
+
 async def declare(channel: AbstractChannel, settings: Settings) -> AbstractExchange:
-    """Declare the whole topology; safe to run any number of times, from any process."""
+    """Declare the whole topology; safe to run any number of times, from any process. A queue
+    that exists with other arguments raises ``QueueMismatch`` (the channel is then closed)."""
     prefix = settings.prefix
     exchange = await channel.declare_exchange(
         exchange_name(prefix), aio_pika.ExchangeType.DIRECT, durable=True
     )
-    inbound = await channel.declare_queue(
-        inbound_queue(prefix), durable=True, arguments=inbound_arguments(settings)
-    )
+    inbound = await _queue(channel, inbound_queue(prefix), inbound_arguments(settings))
     await inbound.bind(exchange, INBOUND_KEY)
     if settings.ordering == "conversation":
         # Single active consumer: even if two workers subscribe to one partition (a hand-over
         # in progress, a worker that lost its Redis lease), only one receives its messages.
-        arguments = {**inbound_arguments(settings), "x-single-active-consumer": True}
+        arguments = partition_arguments(settings)
         for n in range(settings.partitions):
-            queue = await channel.declare_queue(
-                partition_queue(prefix, n), durable=True, arguments=arguments
-            )
+            queue = await _queue(channel, partition_queue(prefix, n), arguments)
             await queue.bind(exchange, partition_key(n))
-    dead = await channel.declare_queue(
-        dead_queue(prefix), durable=True, arguments=dead_arguments(settings)
-    )
+    dead = await _queue(channel, dead_queue(prefix), dead_arguments(settings))
     await dead.bind(exchange, DEAD_KEY)
     for seconds in settings.retry_delays:
         name = retry_queue(prefix, seconds)
         fanout = await channel.declare_exchange(name, aio_pika.ExchangeType.FANOUT, durable=True)
-        queue = await channel.declare_queue(
-            name, durable=True, arguments=retry_arguments(settings, seconds)
-        )
+        queue = await _queue(channel, name, retry_arguments(settings, seconds))
         await queue.bind(fanout, "")
     return exchange
 

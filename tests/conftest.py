@@ -13,7 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from botrelay.ingress.app import make_app
+from botrelay.ingress.app import make_app, make_metrics_app
 from botrelay.shared import topology
 from botrelay.shared.fake_cometchat import RunningFake
 from botrelay.shared.settings import Settings
@@ -61,6 +61,10 @@ async def make_settings(amqp_url: str, prefix: str, fake_api: RunningFake
             "prefix": prefix,
             "cometchat_api_base": fake_api.base,
             "cometchat_api_key": "test-api-key",
+            # The app of every fixture payload (tests/fixtures/cometchat).
+            "cometchat_app_id": "2248348660ad9bd4",
+            # Open on purpose, as `botrelay dev` is; tests of the auth set their own pairs.
+            "callback_auth": "none",
             "retry_delays": (0.2, 0.5),
             "max_attempts": 3,
             "reply_timeout": 1.0,
@@ -72,6 +76,8 @@ async def make_settings(amqp_url: str, prefix: str, fake_api: RunningFake
             "partitions": 4,  # fewer queues to declare and delete per test
         }
         values.update(overrides)
+        if values.get("callback_username") and "callback_auth" not in overrides:
+            values["callback_auth"] = "basic"
         settings = Settings(**values)
         settings.check()
         made.append(settings)
@@ -135,3 +141,19 @@ async def start_ingress() -> AsyncIterator[Callable[..., Any]]:
     yield start
     for ingress in running:
         await ingress.stop()
+
+
+@pytest.fixture
+async def ingress_metrics_url() -> AsyncIterator[Callable[..., Any]]:
+    """``await ingress_metrics_url(ingress)``: the URL of ``GET /metrics`` for a running ingress,
+    served apart from its callback port as ``botrelay ingress`` does."""
+    running: list[RunningIngress] = []
+
+    async def start(ingress: RunningIngress) -> str:
+        server = await RunningIngress(make_metrics_app(ingress.app)).start()
+        running.append(server)
+        return f"{server.url}/metrics"
+
+    yield start
+    for server in running:
+        await server.stop()

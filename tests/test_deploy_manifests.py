@@ -19,13 +19,16 @@ from botrelay.shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULTS = Settings()
+# A worker's whole stop fits in one BOTRELAY_SHUTDOWN_GRACE; the orchestrator adds this to close.
+CLOSE_MARGIN = 5
 ENV_NAMES = set(DEFAULTS.env_names().values())
-_INTERPOLATION = re.compile(r"\$\{([A-Z_]+)(?::?-([^}]*))?\}")
+_INTERPOLATION = re.compile(r"\$\{([A-Z_]+)(?::?-([^}]*)|(:\?[^}]*))?\}")
 
 
 def interpolate(value: str) -> str:
-    """What compose makes of ``${VAR:-default}`` with nothing set: the default."""
-    return _INTERPOLATION.sub(lambda m: m.group(2) or "", value)
+    """What compose makes of ``${VAR:-default}`` with nothing set: the default; a required
+    ``${VAR:?message}`` stands for a value the operator sets (here a plain word)."""
+    return _INTERPOLATION.sub(lambda m: "required" if m.group(3) else m.group(2) or "", value)
 
 
 def seconds(duration: str) -> float:
@@ -109,8 +112,8 @@ def test_compose_stop_grace_covers_the_shutdown_grace(compose):
         grace = settings_from(compose_env(service)).shutdown_grace
         assert grace == DEFAULTS.shutdown_grace
         stop = seconds(service["stop_grace_period"])
-        # Long enough to finish in-flight work and close; not so long a hung process lingers.
-        assert grace < stop <= grace + 10, (name, grace, stop)
+        # Derived from the grace: the whole stop fits in it, plus 5 s to close connections.
+        assert stop == grace + CLOSE_MARGIN, (name, grace, stop)
 
 
 # --- Kubernetes -------------------------------------------------------------------------------
@@ -152,7 +155,15 @@ def test_deployments_match_the_code(k8s, name, command, port_field):
     assert args.command == command
     port = getattr(settings.replace(**{port_field: getattr(args, port_field, None)}), port_field)
     assert port == getattr(DEFAULTS, port_field)
-    assert [p["containerPort"] for p in container(doc)["ports"]] == [port]
+    ports = [p["containerPort"] for p in container(doc)["ports"]]
+    assert ports[0] == port
+    if command == "ingress":  # its metrics are served apart from the public port
+        metrics = settings.replace(metrics_port=args.metrics_port).metrics_port
+        assert ports == [port, metrics]
+        annotations = doc["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/port"] == str(metrics)
+    else:
+        assert ports == [port]
     probes = {kind: container(doc)[kind]["httpGet"] for kind in ("readinessProbe", "livenessProbe")}
     if "startupProbe" in container(doc):
         probes["startupProbe"] = container(doc)["startupProbe"]["httpGet"]
@@ -167,7 +178,7 @@ def test_deployments_match_the_code(k8s, name, command, port_field):
     sleep = float(pre_stop["command"][1]) if pre_stop else 0.0
     period = doc["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     assert settings.shutdown_grace == DEFAULTS.shutdown_grace
-    assert sleep + settings.shutdown_grace < period <= sleep + settings.shutdown_grace + 10
+    assert period == sleep + settings.shutdown_grace + CLOSE_MARGIN
     assert doc["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
 
 

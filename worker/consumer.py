@@ -4,6 +4,7 @@
 
 - ``PayloadError`` / ``PermanentError`` -> dead letter now (retrying cannot fix it);
 - ``DedupUnavailable`` -> delay without counting an attempt (never reply without a record);
+- ``RateLimited`` (our own outbound limit) -> delay until the slot, without counting an attempt;
 - ``Retry`` or anything else -> a later attempt via a retry queue, or the DLQ after the last.
 
 Deliveries of one conversation run one after another in arrival order; different conversations
@@ -17,6 +18,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -36,7 +38,8 @@ from botrelay.shared.settings import Settings
 from botrelay.shared.topology import delay_for_attempt, pick_delay
 from botrelay.shared.transport import Delivery
 from botrelay.worker.bot import Bot
-from botrelay.worker.dedup import Claim, DedupStore, Status
+from botrelay.worker.dedup import Claim, DedupStore, NotAlive, Status
+from botrelay.worker.rate_limit import RateLimited
 from botrelay.worker.reply import muid
 from botrelay.worker.retry import Mover, attempt_of
 
@@ -65,6 +68,9 @@ class Context:
     pen: str | None = None  # its conversation's pen, when replies are kept in order
     delivering: bool = False  # replies may be going out: the job runs to the end
     timed_out: bool = False  # the handler overran BOTRELAY_HANDLER_TIMEOUT and was cancelled
+    sending: bool = False  # a reply request is out, its outcome not known yet
+    unsure: bool = False  # an earlier attempt's reply may be stored: not looked up yet
+    last_attempt: bool = False  # no attempt follows this one
 
 
 class Unrecorded(DedupUnavailable):
@@ -85,15 +91,21 @@ class ReplySender(Protocol):
     """What the consumer needs to send replies: ``worker.reply_client.ReplyClient``, or a stand-in
     (``botrelay dev`` prints them, the testing kit records them)."""
 
-    def url(self, app_id: str, region: str | None, bot: str) -> str: ...
+    def url(self, app_id: str, bot: str) -> str: ...
 
     async def send(self, url: str, body: dict[str, Any]) -> dict[str, Any]: ...
 
 
+# Is this reply (by its ``tags``/``muid``) already stored by the reply API? See
+# ``worker.reply_lookup``.
+Lookup = Callable[[str, dict[str, Any]], Awaitable[bool]]
+
+
 class Consumer:
     def __init__(self, settings: Settings, bot: Bot, dedup: DedupStore, replies: ReplySender,
-                 mover: Mover, metrics: WorkerMetrics) -> None:
+                 mover: Mover, metrics: WorkerMetrics, lookup: Lookup | None = None) -> None:
         self.settings = settings
+        self.lookup = lookup
         self.bot = bot
         self.dedup = dedup
         self.replies = replies
@@ -189,6 +201,15 @@ class Consumer:
                             extra={**fields, "delay": delay, "error": str(exc),
                                    "outcome": outcome})
                 return
+            except RateLimited as exc:
+                # Waiting for our own budget is no failure of the message: no attempt spent.
+                delay = pick_delay(self.settings.retry_delays, exc.delay)
+                await self._hold(ctx, delay)
+                await self.mover.to_retry(delivery, attempt=attempt, delay=delay)
+                outcome = "delayed"
+                log.info("delayed: outbound rate limit",
+                         extra={**fields, "delay": delay, "outcome": outcome})
+                return
             except Exception as exc:  # Retry, TransientError, or a bug in the handler
                 outcome = await self._fail(delivery, attempt, exc, fields, ctx)
                 return
@@ -268,6 +289,8 @@ class Consumer:
         if self.ordered:
             ctx.pen = f"{callback.app_id}:{callback.source}:{callback.conversation_id}"
         claim = await self.dedup.claim(key, ctx.pen)
+        ctx.unsure = claim.unsure
+        ctx.last_attempt = attempt_of(delivery) >= self.settings.max_attempts
         if claim.status is Status.DONE:
             return DUPLICATE
         if claim.status is Status.PARKED:
@@ -328,7 +351,7 @@ class Consumer:
                       extra={"conversation": msg.conversation_id})
             self._abandoned.add(job)
             with contextlib.suppress(DedupUnavailable):
-                await self.dedup.release(key, claim.token, ctx.pen)
+                await self.dedup.release(key, claim.token, pen=ctx.pen)
         if ctx.timed_out:
             raise TransientError(
                 f"handler did not finish within {self.settings.handler_timeout:g}s")
@@ -354,13 +377,23 @@ class Consumer:
                 raise TransientError(
                     f"handler did not finish within {self.settings.handler_timeout:g}s")
             # Only a bot that replies needs to know who it is (webhook events name no bot).
-            url = self.replies.url(msg.app_id, msg.region,
-                                   self.bot.sender_uid(msg)) if replies else ""
+            url = self.replies.url(msg.app_id, self.bot.sender_uid(msg)) if replies else ""
             # Every body first: an invalid reply fails the message before anything is sent.
             bodies = [reply.body(msg, muid(key, i)) for i, reply in enumerate(replies)]
             ctx.delivering = True  # from here a reply may go out
             for i in range(claim.sent, len(bodies)):
-                await self.replies.send(url, bodies[i])
+                if not self.dedup.liveness.valid(claim.owner):
+                    # Another worker may take this claim over any moment now: never send
+                    # alongside it. What was sent is recorded; the rest goes on elsewhere.
+                    raise NotAlive("this worker's liveness lapsed before a reply; not sending")
+                if ctx.unsure and await self._stored(url, bodies[i], ctx):
+                    log.info("reply found stored by an earlier attempt; not sent again",
+                             extra={"key": key, "muid": bodies[i].get("muid")})
+                else:
+                    ctx.sending = True
+                    await self.replies.send(url, bodies[i])
+                    ctx.sending = False
+                ctx.unsure = False
                 if i + 1 < len(bodies):
                     try:
                         await self.dedup.progress(key, i + 1, ctx.pen)
@@ -370,11 +403,30 @@ class Consumer:
                 await self._mark_done(key, claim.token, ctx.pen)
             except DedupUnavailable as exc:
                 raise Unrecorded(max(len(bodies), claim.sent), exc) from exc
-        except BaseException:
+        except BaseException as exc:
+            # A send that raised may still have been stored (a timeout after the request was
+            # written, a lost answer): the next attempt looks it up before sending it again.
+            # A rate-limit wait raises before any request is made.
+            unsure = (ctx.sending or ctx.unsure) and not isinstance(exc, RateLimited)
             with contextlib.suppress(DedupUnavailable):
-                await self.dedup.release(key, claim.token, ctx.pen)
+                await self.dedup.release(key, claim.token, unsure=unsure, pen=ctx.pen)
             raise
         return len(bodies)
+
+    async def _stored(self, url: str, body: dict[str, Any], ctx: Context) -> bool:
+        """Was this reply stored by an attempt whose outcome is unknown? Only asked on that
+        path. A lookup that fails sends nothing now (the message is retried, still unsure),
+        except on the last attempt: a rare duplicate is the lesser harm than no answer."""
+        if self.lookup is None:
+            return False
+        try:
+            return await self.lookup(url, body)
+        except Exception as exc:
+            log.warning("could not look up an earlier reply: %s", type(exc).__name__)
+            if ctx.last_attempt:
+                return False
+            raise TransientError("could not look up whether an earlier reply was stored"
+                                 ) from exc
 
     async def _mark_done(self, key: str, token: str, pen: str | None) -> None:
         """The replies are out: recording that must not fail lightly, or a redelivery would

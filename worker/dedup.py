@@ -3,7 +3,10 @@
 A key is one callback (``{appId}:{bot}:{trigger}:{message id}``). States:
 
 - free: nobody worked on it, or a failed attempt released it;
-- claimed: a worker is on it; the lease expires by itself if that worker dies;
+- claimed: a worker is on it. The claim names its owner's liveness key (``worker.liveness``):
+  once that key is gone the claim is free at once, and the next claimer learns that the earlier
+  attempt's outcome is unknown (``Claim.unsure``: a reply may have gone out). The lease is only
+  a backstop for a live worker that lost track of a claim;
 - done: its replies were accepted; remembered for ``BOTRELAY_DEDUP_TTL``.
 
 For callbacks with several replies, ``progress`` records how many were accepted, so a retry
@@ -15,10 +18,26 @@ conversation's pen, a FIFO list. A later message of that conversation that is no
 is ``PARKED``: it joins the pen and waits in the same delay queue as the head, behind it. The head
 leaves the pen when it is done or dead-lettered (``unhold``), and the next one becomes the head.
 So a conversation's replies go out in arrival order even when one of them needs ten attempts.
+
+Every claim in ordered mode also puts its message at the head of its pen (in the same script, no
+extra round trip), and ``done`` takes it off. So while a message is in flight on one worker, a
+later message of its conversation that reaches another worker (a partition hand-over, a crash, a
+paused worker) is parked behind it instead of overtaking it.
+
+**Done marks.** In ordered mode a done callback is one field of its conversation's hash
+``P:done:{pen}`` (``_DONE``), about 40 bytes where a key of its own took about 200
+(``bench/dedup_memory.py``). Without a pen the state key holds ``done``.
+
+**Key names.** Every key of one callback and its conversation shares a Redis Cluster hash tag,
+``{pen}`` (or ``{key}`` without one), so that work sits in one slot. The claim script also reads
+liveness keys (``P:alive:...``, ``worker.liveness``): the claimer's own, and the one its holder's
+claim names. Those are in other slots, so the claim script needs one Redis (a primary with
+replicas and Sentinel), not Redis Cluster: fencing to a live worker comes first.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import hashlib
 import logging
@@ -31,8 +50,9 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from botrelay.shared.errors import DedupUnavailable
-from botrelay.shared.redis_connect import make_redis
+from botrelay.shared.redis_connect import FAILOVER_WAIT, make_redis
 from botrelay.shared.settings import Settings
+from botrelay.worker.liveness import Live, LocalLiveness
 from botrelay.worker.redis_batch import ScriptBatcher
 
 log = logging.getLogger("botrelay.dedup")
@@ -45,19 +65,30 @@ class Status(enum.Enum):
     PARKED = 3  # an earlier message of the conversation is waiting: wait behind it
 
 
+class NotAlive(DedupUnavailable):
+    """This worker's liveness lapsed: it may neither claim nor send until it is alive again."""
+
+
 @dataclass(frozen=True, slots=True)
 class Claim:
     status: Status
     token: str = ""
     sent: int = 0  # replies already accepted by an earlier attempt
-    delay: float = 0.0  # PARKED: the delay the pen's head is waiting out
+    delay: float = 0.0  # PARKED: the delay the pen's head is waiting out; BUSY: until free
+    # An earlier attempt may have sent reply number ``sent`` without it being recorded (its
+    # owner died holding the claim, or its answer was lost): look before sending it again.
+    unsure: bool = False
+    owner: str = ""  # the liveness session the claim was made under
 
 
 class DedupStore(Protocol):
+    liveness: Live
+
     async def claim(self, key: str, pen: str | None = None) -> Claim: ...
     async def progress(self, key: str, sent: int, pen: str | None = None) -> None: ...
     async def done(self, key: str, token: str, pen: str | None = None) -> None: ...
-    async def release(self, key: str, token: str, pen: str | None = None) -> None: ...
+    async def release(self, key: str, token: str, unsure: bool = False,
+                      pen: str | None = None) -> None: ...
     async def hold(self, key: str, pen: str, delay: float) -> None: ...
     async def unhold(self, key: str, pen: str) -> None: ...
     async def close(self) -> None: ...
@@ -68,8 +99,10 @@ class MemoryDedup:
 
     def __init__(self, lease: float, ttl: float) -> None:
         self.lease, self.ttl = lease, ttl
+        self.liveness: Live = LocalLiveness()
         self._keys: dict[str, tuple[str, float]] = {}  # key -> (token or "done", expires at)
         self._sent: dict[str, int] = {}
+        self._unsure: set[str] = set()
         self._pens: dict[str, tuple[list[str], float]] = {}  # pen -> (keys, head's delay)
         self._last_sweep = time.monotonic()
 
@@ -90,6 +123,7 @@ class MemoryDedup:
         for key in [k for k, (_, exp) in self._keys.items() if exp <= now]:
             del self._keys[key]
             self._sent.pop(key, None)
+            self._unsure.discard(key)
 
     async def claim(self, key: str, pen: str | None = None) -> Claim:
         now = time.monotonic()
@@ -108,7 +142,10 @@ class MemoryDedup:
             return Claim(Status.BUSY)
         token = secrets.token_hex(16)
         self._keys[key] = (token, now + self.lease)
-        return Claim(Status.CLAIMED, token, self._sent.get(key, 0))
+        if pen is not None:
+            self._pens.setdefault(pen, ([key], 0.0))
+        return Claim(Status.CLAIMED, token, self._sent.get(key, 0), unsure=key in self._unsure,
+                     owner=self.liveness.owner)
 
     async def progress(self, key: str, sent: int, pen: str | None = None) -> None:
         self._sent[key] = sent
@@ -116,6 +153,7 @@ class MemoryDedup:
     async def done(self, key: str, token: str, pen: str | None = None) -> None:
         self._keys[key] = ("done", time.monotonic() + self.ttl)
         self._sent.pop(key, None)
+        self._unsure.discard(key)
         self._pop_head(key, pen)
 
     def _pop_head(self, key: str, pen: str | None) -> None:
@@ -138,65 +176,85 @@ class MemoryDedup:
             if not entry[0]:
                 del self._pens[pen]
 
-    async def release(self, key: str, token: str, pen: str | None = None) -> None:
+    async def release(self, key: str, token: str, unsure: bool = False,
+                      pen: str | None = None) -> None:
         if self._get(key, time.monotonic()) == token:
             del self._keys[key]
+            if unsure:
+                self._unsure.add(key)
 
     async def close(self) -> None:
         self._keys.clear()
 
 
 # Done marks. With a pen (ordered mode) a callback is remembered as one field of its
-# conversation's hash ``P:done:<pen>``: an 8-byte digest of its key -> the second it expires.
+# conversation's hash ``P:done:{pen}``: an 8-byte digest of its key -> the second it expires.
 # Redis stores a small hash as one packed listpack: about 40 bytes a callback at 10 callbacks a
-# conversation, against about 200 for a key of its own (``bench/dedup_memory.py``). Fields past their second are pruned as the
-# hash grows, and the hash itself expires a TTL after its last write. Without a pen, and for
-# marks written before, the state key holds 'done'.
-# KEYS: state, progress[, pen, pen delay[, done hash]]; ARGV: token, lease ms, key, pen ttl ms[,
-# done field]. Returns {status, n}: 0 claimed (n = replies sent), 1 done, 2 busy, 3 parked
-# (n = delay ms).
+# conversation, against about 200 for a key of its own (``bench/dedup_memory.py``). Fields past
+# their second are pruned as the hash grows, and the hash itself expires a TTL after its last
+# write. Without a pen, and for marks written before, the state key holds 'done'.
+#
+# KEYS: state, progress, unsure, our liveness[, pen, pen delay[, done hash]]; ARGV: claim value
+# ("token|owner's liveness key"), lease ms, key, pen ttl ms[, done field].
+# Returns {status, n, unsure}: 0 claimed (n = replies sent), 1 done, 2 busy (n = ms until the
+# holder's liveness lapses at the latest), 3 parked (n = delay ms), 4 we are not alive.
+# The holder's liveness key is read from the claim itself: fine on one Redis (not a cluster).
 _CLAIM = """
+if redis.call('EXISTS', KEYS[4]) == 0 then return {4, 0, 0} end
 local v = redis.call('GET', KEYS[1])
-local penned = #KEYS >= 3
-if #KEYS >= 5 and v ~= 'done' then
-  local expires = redis.call('HGET', KEYS[5], ARGV[5])
+local penned = #KEYS >= 5
+if #KEYS >= 7 and v ~= 'done' then
+  local expires = redis.call('HGET', KEYS[7], ARGV[5])
   if expires and tonumber(expires) > tonumber(redis.call('TIME')[1]) then v = 'done' end
 end
 if v == 'done' then
-  if penned and redis.call('LINDEX', KEYS[3], 0) == ARGV[3] then redis.call('LPOP', KEYS[3]) end
-  return {1, 0}
+  if penned and redis.call('LINDEX', KEYS[5], 0) == ARGV[3] then redis.call('LPOP', KEYS[5]) end
+  return {1, 0, 0}
 end
+local head = false
 if penned then
-  local head = redis.call('LINDEX', KEYS[3], 0)
+  head = redis.call('LINDEX', KEYS[5], 0)
   if head and head ~= ARGV[3] then
-    if not redis.call('LPOS', KEYS[3], ARGV[3]) then redis.call('RPUSH', KEYS[3], ARGV[3]) end
-    redis.call('PEXPIRE', KEYS[3], ARGV[4])
-    return {3, tonumber(redis.call('GET', KEYS[4]) or '0')}
+    if not redis.call('LPOS', KEYS[5], ARGV[3]) then redis.call('RPUSH', KEYS[5], ARGV[3]) end
+    redis.call('PEXPIRE', KEYS[5], ARGV[4])
+    return {3, tonumber(redis.call('GET', KEYS[6]) or '0'), 0}
   end
 end
--- Our own token: this same claim ran before and its answer was lost with the connection.
-if v and v ~= ARGV[1] then return {2, 0} end
+local unsure = redis.call('EXISTS', KEYS[3])
+-- Our own value: this same claim ran before and its answer was lost with the connection.
+if v and v ~= ARGV[1] then
+  local owner = string.match(v, '|(.+)$')
+  if not owner then return {2, redis.call('PTTL', KEYS[1]), 0} end
+  local left = redis.call('PTTL', owner)
+  if left > 0 then return {2, left, 0} end
+  unsure = 1  -- its owner died holding it: a reply may have gone out unrecorded
+end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return {0, tonumber(redis.call('GET', KEYS[2]) or '0')}
+if penned then
+  -- In flight: a later message of the conversation, wherever it arrives, waits behind it.
+  if not head then redis.call('RPUSH', KEYS[5], ARGV[3]) end
+  redis.call('PEXPIRE', KEYS[5], ARGV[4])
+end
+return {0, tonumber(redis.call('GET', KEYS[2]) or '0'), unsure}
 """
-# KEYS: state, progress[, pen[, done hash]]; ARGV: ttl ms, key[, done field].
+# KEYS: state, progress, unsure[, pen[, done hash]]; ARGV: ttl ms, key[, done field].
 _DONE = """
-if #KEYS >= 4 then
+if #KEYS >= 5 then
   local now = tonumber(redis.call('TIME')[1])
-  local n = redis.call('HSET', KEYS[4], ARGV[3], now + math.ceil(ARGV[1] / 1000))
-  redis.call('PEXPIRE', KEYS[4], ARGV[1])
+  local n = redis.call('HSET', KEYS[5], ARGV[3], now + math.ceil(ARGV[1] / 1000))
+  redis.call('PEXPIRE', KEYS[5], ARGV[1])
   redis.call('DEL', KEYS[1])
-  if n == 1 and redis.call('HLEN', KEYS[4]) % 32 == 0 then
-    local all = redis.call('HGETALL', KEYS[4])
+  if n == 1 and redis.call('HLEN', KEYS[5]) % 32 == 0 then
+    local all = redis.call('HGETALL', KEYS[5])
     for i = 1, #all, 2 do
-      if tonumber(all[i + 1]) <= now then redis.call('HDEL', KEYS[4], all[i]) end
+      if tonumber(all[i + 1]) <= now then redis.call('HDEL', KEYS[5], all[i]) end
     end
   end
 else
   redis.call('SET', KEYS[1], 'done', 'PX', ARGV[1])
 end
-redis.call('DEL', KEYS[2])
-if #KEYS >= 3 and redis.call('LINDEX', KEYS[3], 0) == ARGV[2] then redis.call('LPOP', KEYS[3]) end
+redis.call('DEL', KEYS[2], KEYS[3])
+if #KEYS >= 4 and redis.call('LINDEX', KEYS[4], 0) == ARGV[2] then redis.call('LPOP', KEYS[4]) end
 return 1
 """
 # KEYS: pen, pen delay; ARGV: key, delay ms, pen ttl ms.
@@ -206,8 +264,12 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 return 1
 """
+# KEYS: state, unsure; ARGV: claim value, unsure (1/0), ttl ms.
 _RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  if ARGV[2] == '1' then redis.call('SET', KEYS[2], '1', 'PX', ARGV[3]) end
+  return redis.call('DEL', KEYS[1])
+end
 return 0
 """
 
@@ -215,20 +277,28 @@ _REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError
 
 
 class RedisDedup:
-    """Shared store for many workers: atomic Lua steps, keys under ``{prefix}:dedup:``."""
+    """Shared store for many workers: atomic Lua steps, keys under ``{prefix}:dedup:``.
+
+    ``liveness`` names this worker in its claims; ``worker.service`` gives it the worker's
+    heartbeat (``worker.liveness.Liveness``) before the first claim."""
 
     def __init__(self, client: aioredis.Redis, prefix: str, lease: float, ttl: float,
-                 pen_ttl: float = 3600.0) -> None:
+                 pen_ttl: float = 3600.0, liveness: Live | None = None,
+                 alive_wait: float = 0.0) -> None:
         self.client = client
         self.prefix = prefix
         self.lease_ms = int(lease * 1000)
         self.ttl_ms = int(ttl * 1000)
         self.pen_ttl_ms = int(pen_ttl * 1000)
+        self.liveness: Live = liveness or LocalLiveness(f"{prefix}:alive:unset")
+        # How long a claim waits for this worker's liveness to be valid again before it gives
+        # up (``_live_owner``); 0: at once.
+        self.alive_wait = alive_wait
         # Claims and done marks, the two calls every delivery makes, share pipelines (with the
         # rate limiter's reservations when it uses this client too).
         self._batch = ScriptBatcher.of(client)
-        self._claim = self._batch.script(_CLAIM)
-        self._done = self._batch.script(_DONE)
+        self._claim = self._batch.script(_CLAIM, idempotent=True)  # by its token
+        self._done = self._batch.script(_DONE, idempotent=True)
         self._release = client.register_script(_RELEASE)
         self._hold = client.register_script(_HOLD)
 
@@ -241,14 +311,19 @@ class RedisDedup:
             health_check_interval=15,
             max_connections=settings.concurrency * 2,
         )
+        # Through Sentinel a failover is waited out (``shared.redis_connect``): the heartbeat
+        # lapses meanwhile, and a claim refused for it would delay its message outside its
+        # conversation's pen, out of order. So a claim waits for a new session instead.
         return cls(client, settings.prefix, settings.dedup_lease, settings.dedup_ttl,
-                   pen_ttl=pen_ttl(settings))
+                   pen_ttl=pen_ttl(settings),
+                   alive_wait=FAILOVER_WAIT if settings.redis_sentinels else 0.0)
 
-    # Every key one script touches shares a Redis Cluster hash tag, ``{conversation pen}`` (or
-    # ``{key}`` without one), so each call runs in one slot.
+    # Every key of one callback and its pen shares a Redis Cluster hash tag, ``{pen}`` (or
+    # ``{key}`` without one): see the module's "Key names".
     def keys(self, key: str, pen: str | None = None) -> list[str]:
         tag = f"{{{pen}}}:{key}" if pen is not None else f"{{{key}}}"
-        return [f"{self.prefix}:dedup:{tag}", f"{self.prefix}:sent:{tag}"]
+        return [f"{self.prefix}:dedup:{tag}", f"{self.prefix}:sent:{tag}",
+                f"{self.prefix}:unsure:{tag}"]
 
     def pen_keys(self, pen: str) -> list[str]:
         return [f"{self.prefix}:pen:{{{pen}}}", f"{self.prefix}:pendelay:{{{pen}}}"]
@@ -257,20 +332,40 @@ class RedisDedup:
         return f"{self.prefix}:done:{{{pen}}}"
 
     async def claim(self, key: str, pen: str | None = None) -> Claim:
-        token = secrets.token_hex(16)
-        keys = self.keys(key, pen)
+        owner = await self._live_owner()
+        token = f"{secrets.token_hex(16)}|{owner}"
+        keys = [*self.keys(key, pen), owner]
         args: list[str | int | bytes] = [token, self.lease_ms, key, self.pen_ttl_ms]
         if pen is not None:
             keys += [*self.pen_keys(pen), self.done_key(pen)]
             args.append(done_field(key))
         try:
-            status, n = await self._claim(keys=keys, args=args)
+            status, n, unsure = await self._claim(keys=keys, args=args)
         except _REDIS_ERRORS as exc:
             raise DedupUnavailable(f"dedup store unreachable: {type(exc).__name__}") from exc
+        if int(status) == 4:
+            raise NotAlive("this worker's liveness key is gone; not claiming")
         state = Status(int(status))
-        if state is Status.PARKED:
-            return Claim(state, delay=int(n) / 1000)
-        return Claim(state, token if state is Status.CLAIMED else "", int(n))
+        if state is Status.PARKED or state is Status.BUSY:
+            return Claim(state, delay=max(0, int(n)) / 1000)
+        if state is Status.DONE:
+            return Claim(state)
+        return Claim(state, token, int(n), unsure=bool(int(unsure)), owner=owner)
+
+    async def _live_owner(self) -> str:
+        """This worker's current liveness session, waiting up to ``alive_wait`` for one.
+
+        Claiming under a new session is safe: fencing only forbids sending under a lapsed one,
+        and the claim script checks the session's key in Redis again."""
+        deadline = time.monotonic() + self.alive_wait
+        for _ in range(int(self.alive_wait / 0.05) + 1):  # bounded by the deadline as well
+            owner = self.liveness.owner
+            if self.liveness.valid(owner):
+                return owner
+            if time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.05)
+        raise NotAlive("this worker's liveness lapsed; not claiming")
 
     async def progress(self, key: str, sent: int, pen: str | None = None) -> None:
         try:
@@ -302,9 +397,12 @@ class RedisDedup:
         except _REDIS_ERRORS as exc:
             raise DedupUnavailable(f"dedup store unreachable: {type(exc).__name__}") from exc
 
-    async def release(self, key: str, token: str, pen: str | None = None) -> None:
+    async def release(self, key: str, token: str, unsure: bool = False,
+                      pen: str | None = None) -> None:
+        state, _, unsure_key = self.keys(key, pen)
         try:
-            await self._release(keys=self.keys(key, pen)[:1], args=[token])
+            await self._release(keys=[state, unsure_key],
+                                args=[token, 1 if unsure else 0, self.ttl_ms])
         except _REDIS_ERRORS as exc:
             raise DedupUnavailable(f"dedup store unreachable: {type(exc).__name__}") from exc
 

@@ -3,8 +3,9 @@
 RabbitMQ's single active consumer keeps one consumer per partition but does not balance: the
 first worker to subscribe would win every partition. So workers agree among themselves:
 
-- **Membership**: each worker heartbeats into a Redis sorted set (score = expiry); a worker that
-  stops heartbeating drops out after ``MEMBER_TTL``.
+- **Membership**: each worker heartbeats into a Redis sorted set (score = expiry) under its
+  liveness name (``worker.liveness``); a member whose liveness key is gone drops out at once, a
+  silent one after ``MEMBER_TTL``.
 - **Assignment**: rendezvous hashing over the live members, with a cap of ceil(partitions /
   members) each: every worker computes the same owners, the load is balanced even with few
   partitions (plain rendezvous can leave a worker idle), and a join or leave moves few
@@ -13,7 +14,11 @@ first worker to subscribe would win every partition. So workers agree among them
   with a TTL, renewed by the heartbeat). A worker giving a partition up cancels its consumer,
   waits until every delivery it took from that partition is settled, and only then deletes the
   lease; so the new owner never runs a conversation's next message while the old owner is still
-  on the previous one. A dead worker's leases expire after ``LEASE_TTL``.
+  on the previous one. A lease names its holder's liveness: a dead or paused holder's lease is
+  free as soon as its liveness key is gone, and its in-flight work never sends after that
+  (fenced by the same key). The dedup claims put each in-flight message at the head of its
+  conversation's pen, so a message the next owner receives early waits behind the one still in
+  flight, wherever that one is.
 - **Safety net**: the partition queues keep ``x-single-active-consumer``, so even a worker that
   lost its lease without noticing (a long pause) cannot receive messages alongside the new owner.
 
@@ -39,12 +44,13 @@ import redis.asyncio as aioredis
 from botrelay.shared import topology
 from botrelay.shared.settings import Settings
 from botrelay.shared.transport import Delivery
+from botrelay.worker.liveness import Live
 
 log = logging.getLogger("botrelay.partitions")
 
-HEARTBEAT = 1.0  # seconds between heartbeats and rebalances
-MEMBER_TTL = 3.0  # a worker silent this long is gone
-LEASE_TTL = 5.0  # a dead worker's partitions are free this long after its last heartbeat
+HEARTBEAT = 0.5  # seconds between heartbeats and rebalances: a take-over waits at most this
+MEMBER_TTL = 3.0  # a worker silent this long is gone, even if its liveness key lingers
+LEASE_TTL = 5.0  # a backstop: a lease whose holder is not alive is free at once
 
 
 def worker_id() -> str:
@@ -72,7 +78,8 @@ def assign(partitions: int, members: list[str]) -> dict[int, str]:
 
 
 class Leases(Protocol):
-    me: str
+    @property
+    def me(self) -> str: ...
 
     async def heartbeat(self) -> list[str]: ...
     async def acquire(self, partition: int) -> bool: ...
@@ -103,12 +110,26 @@ class SoloLeases:
         return None
 
 
-# KEYS[1] members zset; ARGV[1] me, ARGV[2] now ms, ARGV[3] member ttl ms.
+# KEYS[1] members zset; ARGV[1] me, ARGV[2] now ms, ARGV[3] member ttl ms. Members are
+# liveness keys: one whose key is gone is dropped (read by name: fine on one Redis).
 _HEARTBEAT = """
 redis.call('ZADD', KEYS[1], tonumber(ARGV[2]) + tonumber(ARGV[3]), ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]) * 10)
-return redis.call('ZRANGE', KEYS[1], 0, -1)
+local live = {}
+for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  if redis.call('EXISTS', m) == 1 then live[#live + 1] = m else redis.call('ZREM', KEYS[1], m) end
+end
+return live
+"""
+# KEYS[1] lease; ARGV[1] me (our liveness key), ARGV[2] ttl ms. Free, or held by a worker that
+# is no longer alive: ours.
+_ACQUIRE = """
+if redis.call('EXISTS', ARGV[1]) == 0 then return 0 end
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] and redis.call('EXISTS', holder) == 1 then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
 """
 # KEYS = lease keys; ARGV[1] me, ARGV[2] ttl ms. Returns 1/0 per key: still ours.
 _RENEW = """
@@ -127,13 +148,20 @@ return 0
 
 
 class RedisLeases:
-    def __init__(self, client: aioredis.Redis, prefix: str, me: str) -> None:
+    """Leases named for this worker's current liveness session (``me`` changes with it)."""
+
+    def __init__(self, client: aioredis.Redis, prefix: str, liveness: Live) -> None:
         self.client = client
         self.prefix = prefix
-        self.me = me
+        self.liveness = liveness
         self._heartbeat = client.register_script(_HEARTBEAT)
+        self._acquire = client.register_script(_ACQUIRE)
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
+
+    @property
+    def me(self) -> str:
+        return self.liveness.owner
 
     def _members_key(self) -> str:
         return f"{self.prefix}:members"
@@ -150,8 +178,8 @@ class RedisLeases:
         return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
 
     async def acquire(self, partition: int) -> bool:
-        return bool(await self.client.set(self._lease_key(partition), self.me, nx=True,
-                                          px=int(LEASE_TTL * 1000)))
+        return bool(await self._acquire(keys=[self._lease_key(partition)],
+                                        args=[self.me, int(LEASE_TTL * 1000)]))
 
     async def renew(self, partitions: set[int]) -> set[int]:
         if not partitions:
@@ -245,6 +273,10 @@ class PartitionManager:
     async def _release(self, n: int, tag: str, *, lost: bool, settle: float) -> None:
         try:
             await self.cancel(topology.partition_queue(self.settings.prefix, n), tag)
+            # Deliveries that arrived before the cancel was confirmed start as tasks of their
+            # own: let them start (and count themselves) before looking at what is in flight.
+            for _ in range(3):
+                await asyncio.sleep(0)
             if self.in_flight.get(n):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._settled[n].wait(), settle)
@@ -269,11 +301,12 @@ class PartitionManager:
                 await self.leases.renew(set(self.releasing))
             await asyncio.sleep(HEARTBEAT)
 
-    async def stop(self) -> None:
-        """Hand every partition back (after its deliveries settle) and leave the group."""
+    async def stop(self, settle: float | None = None) -> None:
+        """Hand every partition back (after its deliveries settle, waiting at most ``settle``
+        seconds: the worker's share of its shutdown grace) and leave the group."""
+        wait = self.settings.shutdown_grace if settle is None else settle
         for n in list(self.active):
-            # The worker cancels what is still running after its own grace: wait no longer.
-            self._start_release(n, lost=False, settle=self.settings.shutdown_grace)
+            self._start_release(n, lost=False, settle=wait)
         if self._tasks:
             keeper = asyncio.create_task(self._keep_leased(), name="keep-leased")
             try:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from botrelay.shared.errors import Retry
+from botrelay.shared.errors import TransientError
 from botrelay.shared.metrics import WorkerMetrics
 from botrelay.shared.redis_connect import make_redis
 from botrelay.shared.settings import Settings
@@ -43,11 +43,16 @@ MAX_PAUSE = 60.0  # longest Retry-After applied to the whole app
 KEY_SLACK_MS = 60_000  # idle buckets expire this long after their last reserved slot
 
 
-class RateLimited(Retry):
-    """The next free slot is further away than a delivery may wait: try again later."""
+class RateLimited(TransientError):
+    """The next free slot is further away than a delivery may wait: try again later.
+
+    Not a ``Retry``: waiting for our own rate limit is no failure of the message, so the
+    consumer delays it without spending one of its attempts (it can never be dead-lettered
+    for it). Nothing was sent: the request is made only once the slot is reserved."""
 
     def __init__(self, wait: float) -> None:
-        super().__init__(delay=wait, reason=f"outbound rate limit: next slot in {wait:.1f}s")
+        super().__init__(f"outbound rate limit: next slot in {wait:.1f}s")
+        self.delay = wait
 
 
 @dataclass(frozen=True, slots=True)

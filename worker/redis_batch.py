@@ -12,11 +12,18 @@ write, one read per reply and one deadline (the client's ``socket_timeout``), wh
 timer for each read.
 
 Each caller still gets its own result or its own exception, exactly as from a direct call: a
-connection error or the deadline reaches every caller of the batches in flight, so
-``DedupUnavailable`` and the rate limiter's fallback behave as before. A batch that met a dead
-connection is sent once more on a new one, as the client's own retry would. Scripts run by SHA
+call whose arguments cannot be sent, or that Redis answers with an error, fails alone (the
+connection and the rest of its batch carry on); a connection error or the deadline reaches
+every caller of the batches in flight, so ``DedupUnavailable`` and the rate limiter's fallback
+behave as before.
+
+Sending again: a batch whose connection could not be opened never reached Redis and is sent
+once more on a new one. Once a batch has been written, Redis may have run it even if the
+connection went before the replies came: only the calls of scripts declared ``idempotent``
+(running twice leaves what running once does) are sent again; the others fail with the
+connection error, so that a rate-limit reservation is never made twice. Scripts run by SHA
 (``EVALSHA``); after a Redis restart has emptied its script cache, the calls that got NOSCRIPT
-load their script and go again.
+(never run) load their script and go again.
 """
 
 from __future__ import annotations
@@ -54,9 +61,10 @@ _Call = tuple["BatchedScript", Sequence[Any], Sequence[Any], "asyncio.Future[Any
 class BatchedScript:
     """A Lua script called like ``redis.asyncio`` ``AsyncScript``: ``await s(keys=, args=)``."""
 
-    def __init__(self, batcher: ScriptBatcher, source: str) -> None:
+    def __init__(self, batcher: ScriptBatcher, source: str, *, idempotent: bool = False) -> None:
         self.batcher = batcher
         self.source = source
+        self.idempotent = idempotent
         self.sha = hashlib.sha1(source.encode()).hexdigest()
 
     async def __call__(self, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Any:
@@ -108,8 +116,10 @@ class ScriptBatcher:
             batcher = cls._shared[client] = cls(client)
         return batcher
 
-    def script(self, source: str) -> BatchedScript:
-        return BatchedScript(self, source)
+    def script(self, source: str, *, idempotent: bool = False) -> BatchedScript:
+        """``idempotent``: running the script twice with the same keys and arguments leaves
+        what running it once does, so a call lost with its connection may be sent again."""
+        return BatchedScript(self, source, idempotent=idempotent)
 
     def call(self, script: BatchedScript, keys: Sequence[Any], args: Sequence[Any]
              ) -> asyncio.Future[Any]:
@@ -140,19 +150,34 @@ class ScriptBatcher:
                 await self._write(calls, attempt)
 
     async def _write(self, calls: list[_Call], attempt: int) -> None:
-        commands = [("EVALSHA", script.sha, len(keys), *keys, *args)
-                    for script, keys, args, _ in calls]
+        packed: list[bytes] = []
+        sendable: list[_Call] = []
+        for call in calls:
+            script, keys, args, future = call
+            try:
+                packed.append(_pack(("EVALSHA", script.sha, len(keys), *keys, *args)))
+            except (TypeError, ValueError) as exc:  # its own bad argument: it alone fails
+                if not future.done():
+                    future.set_exception(exc)
+                continue
+            sendable.append(call)
+        if not sendable:
+            return
+        calls = sendable
         connection = self._connection
+        written = False
         try:
             async with asyncio.timeout(self.timeout):
                 if connection is None:
                     connection = self._connection_class(**self._connect_kwargs)
                     await connection.connect()  # type: ignore[no-untyped-call]
                     self._connection = connection
-                await connection.send_packed_command(_pack(commands), check_health=False)
+                # From here on some of the batch may have reached Redis.
+                written = True
+                await connection.send_packed_command(b"".join(packed), check_health=False)
         except Exception as exc:
             self._broken(connection, exc)
-            self._retry_or_fail(calls, attempt, exc)
+            self._retry_or_fail(calls, attempt, exc, written=written)
             return
         self._in_flight.append(_Batch(calls, connection, attempt))
         if self._reader is None or self._reader.done():
@@ -169,7 +194,8 @@ class ScriptBatcher:
             if batch.connection is not self._connection:  # written to one that broke since
                 self._in_flight.popleft()
                 self._retry_or_fail(batch.calls, batch.attempt,
-                                    redis.exceptions.ConnectionError("connection lost"))
+                                    redis.exceptions.ConnectionError("connection lost"),
+                                    written=True)
                 continue
             try:
                 async with asyncio.timeout(self.timeout):
@@ -184,7 +210,7 @@ class ScriptBatcher:
                 self._broken(batch.connection, exc)
                 for lost in [b for b in self._in_flight if b.connection is batch.connection]:
                     self._in_flight.remove(lost)
-                    self._retry_or_fail(lost.calls, lost.attempt, exc)
+                    self._retry_or_fail(lost.calls, lost.attempt, exc, written=True)
                 self._writer_wakeup.set()
                 continue
             self._in_flight.popleft()
@@ -236,16 +262,22 @@ class ScriptBatcher:
             self._side_tasks.add(task)
             task.add_done_callback(self._side_task_done)
 
-    def _retry_or_fail(self, calls: list[_Call], attempt: int, exc: BaseException) -> None:
-        if attempt < self.attempts and isinstance(exc, _RETRY_ONCE):
-            again = [(call, attempt + 1) for call in calls]
+    def _retry_or_fail(self, calls: list[_Call], attempt: int, exc: BaseException, *,
+                       written: bool) -> None:
+        """Send again what a lost connection took, where that cannot run a script twice that
+        must run once: all of a batch never written, the idempotent calls of one written."""
+        if attempt >= self.attempts or not isinstance(exc, _RETRY_ONCE):
+            _fail(calls, exc)
+            return
+        again = [(call, attempt + 1) for call in calls if not written or call[0].idempotent]
+        if again:
             if attempt == 1:
-                self._queue(again)  # at once, as before: a dead pooled connection, most often
+                self._queue(again)  # at once: a dead pooled connection, most often
             else:  # the server itself is away (a failover): back off a little each time
                 pause = min(0.05 * 2 ** (attempt - 2), 0.5)
                 asyncio.get_running_loop().call_later(pause, self._requeue, again)
-        else:
-            _fail(calls, exc)
+        if len(again) < len(calls):
+            _fail([call for call in calls if written and not call[0].idempotent], exc)
 
     def _requeue(self, calls: list[tuple[_Call, int]]) -> None:
         if self._closed:
@@ -286,26 +318,26 @@ async def _disconnect(connection: Any) -> None:
         await connection.disconnect(nowait=True)
 
 
-def _pack(commands: list[tuple[Any, ...]]) -> bytes:
-    """RESP for these commands (``Connection.pack_commands`` does the same, at several times the
-    cost per argument). Arguments are str, bytes, int or float, as the scripts here pass."""
+def _pack(command: tuple[Any, ...]) -> bytes:
+    """RESP for one command (``Connection.pack_commands`` does the same, at several times the
+    cost per argument). Arguments are str, bytes, int or float, as the scripts here pass;
+    anything else is a ``TypeError``, a str that is not Unicode text a ``UnicodeEncodeError``."""
     out: list[bytes] = []
     append = out.append
-    for command in commands:
-        append(b"*%d\r\n" % len(command))
-        for arg in command:
-            kind = type(arg)
-            if kind is str:
-                raw = arg.encode()
-            elif kind is int:
-                raw = b"%d" % arg
-            elif kind is bytes:
-                raw = arg
-            elif kind is float:
-                raw = repr(arg).encode()
-            else:
-                raise TypeError(f"cannot send a {kind.__name__} to Redis")
-            append(b"$%d\r\n" % len(raw))
-            append(raw)
-            append(b"\r\n")
+    append(b"*%d\r\n" % len(command))
+    for arg in command:
+        kind = type(arg)
+        if kind is str:
+            raw = arg.encode()
+        elif kind is int:
+            raw = b"%d" % arg
+        elif kind is bytes:
+            raw = arg
+        elif kind is float:
+            raw = repr(arg).encode()
+        else:
+            raise TypeError(f"cannot send a {kind.__name__} to Redis")
+        append(b"$%d\r\n" % len(raw))
+        append(raw)
+        append(b"\r\n")
     return b"".join(out)

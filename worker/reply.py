@@ -85,6 +85,9 @@ class Reply:
             "data": data,
             "muid": muid,
             **self.extra,
+            # The muid as a tag too: the reply API lists messages by tag, so a reply whose
+            # earlier attempt's outcome is unknown can be looked up (``worker.reply_lookup``).
+            "tags": [muid, *[t for t in self.extra.get("tags") or [] if t != muid]],
         }
         _check_size(body)
         return body

@@ -1,4 +1,4 @@
-"""The reply client: keep-alive connections (``worker.http_pool``), tenacity around each POST,
+"""The reply client: keep-alive connections (``worker.http_client``), tenacity around each POST,
 ``Retry-After`` honoured.
 
 Only what ``RETRYABLE`` names is retried, and only within the inline budget
@@ -13,7 +13,9 @@ import asyncio
 import email.utils
 import logging
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import orjson
 from tenacity import (
@@ -24,9 +26,10 @@ from tenacity import (
 )
 
 from botrelay.shared.errors import PermanentError, TransientError
+from botrelay.shared.identity import UID, matches
 from botrelay.shared.metrics import WorkerMetrics
 from botrelay.shared.settings import Settings
-from botrelay.worker.http_pool import HttpError, HttpPool
+from botrelay.worker.http_client import HttpClient, HttpError
 from botrelay.worker.rate_limit import RateLimiter, make_limiter
 
 log = logging.getLogger("botrelay.reply")
@@ -54,7 +57,8 @@ class ReplyFailed(TransientError):
 
 # The single definition of what the reply client retries: 408/429/5xx, a connection that failed
 # or closed mid-answer, an answer that is not HTTP at all (a broken proxy in between), and no
-# answer within BOTRELAY_REPLY_TIMEOUT.
+# answer within BOTRELAY_REPLY_TIMEOUT. Only a request that never reached the server is sent
+# again below this (``worker.http_client``); each of these is a counted attempt.
 RETRYABLE: tuple[type[BaseException], ...] = (
     ReplyFailed,
     HttpError,
@@ -113,25 +117,58 @@ class _BudgetSpent:
         return time.monotonic() - self.started + (state.upcoming_sleep or 0.0) >= self.budget
 
 
+class UnknownApp(PermanentError):
+    """A message for an app this worker is not configured for: nothing is sent anywhere."""
+
+
 class ReplyClient:
+    """Replies for the configured apps only. The URL and the API key of a reply both come from
+    the configured app its ``appId`` selects; a payload value never names a host, and a key is
+    only ever sent to its own app's API base."""
+
     def __init__(self, settings: Settings, metrics: WorkerMetrics | None = None,
                  limiter: RateLimiter | None = None, user_agent: str | None = None) -> None:
         self.settings = settings
         self.metrics = metrics
         # Outbound rate limit per app (the API base names it) and per receiver.
         self.limiter = limiter or make_limiter(settings, metrics)
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if settings.cometchat_api_key:
-            headers["apikey"] = settings.cometchat_api_key
-        # Names the sending worker in the API provider's logs (and in the fake's record).
-        headers["User-Agent"] = user_agent or "botrelay-worker"
-        self.http = HttpPool(limit=max(100, settings.concurrency * 2),
-                             connect_timeout=settings.reply_timeout, headers=headers)
+        self._bases: dict[str, str] = {}  # app id -> API base
+        self._pools: dict[str, HttpClient] = {}  # API base -> its connections, with its key
+        for app in settings.apps_by_id().values():
+            base = app.api_base(settings.cometchat_api_base)
+            headers = {"Content-Type": "application/json", "Accept": "application/json"}
+            if app.api_key:
+                headers["apikey"] = app.api_key
+            # Names the sending worker in the API provider's logs (and in the fake's record).
+            headers["User-Agent"] = user_agent or "botrelay-worker"
+            self._bases[app.id] = base
+            self._pools[base] = HttpClient(limit=max(100, settings.concurrency * 2),
+                                           connect_timeout=settings.reply_timeout,
+                                           read_timeout=settings.reply_timeout,
+                                           headers=headers)
         self._wait = _Wait()
+        # Before re-posting a reply whose answer never came: is it stored already?
+        self.lookup: Callable[[str, dict[str, Any]], Awaitable[bool]] | None = None
 
-    def url(self, app_id: str, region: str | None, bot: str) -> str:
-        base = self.settings.cometchat_api_base.format(appId=app_id, region=region or "us")
-        return f"{base.rstrip('/')}/bots/{bot}/messages"
+    def url(self, app_id: str, bot: str) -> str:
+        """The reply URL for ``bot`` of configured app ``app_id``; ``UnknownApp`` otherwise."""
+        base = self._bases.get(app_id)
+        if base is None:
+            raise UnknownApp(f"app {app_id!r} is not configured (BOTRELAY_COMETCHAT_APP_ID or "
+                             "BOTRELAY_COMETCHAT_APPS_FILE): no reply sent")
+        if not matches(UID, bot):
+            raise PermanentError(f"bot uid {bot!r} is not a CometChat UID: no reply sent")
+        return f"{base}/bots/{quote(bot, safe='')}/messages"
+
+    async def get(self, url: str, params: Mapping[str, str]) -> tuple[int, bytes]:
+        """GET ``url`` (``{base}/messages``, the reply lookup) with the key of the app whose API
+        base it is on, and only then."""
+        pool = self._pools.get(url.rsplit("/", 1)[0])
+        if pool is None:
+            raise UnknownApp("a lookup URL outside the configured apps' API bases")
+        async with asyncio.timeout(self.settings.reply_timeout):
+            resp = await pool.get(f"{url}?{urlencode(dict(params))}")
+        return resp.status, resp.body
 
     async def send(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST one reply, retrying within the budget; the API's ``data`` on success."""
@@ -143,6 +180,7 @@ class ReplyClient:
             return await self._attempt(url, payload, receiver)
         except RETRYABLE as exc:
             first: BaseException | None = exc
+        last: BaseException | None = None
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(RETRYABLE),
             stop=_BudgetSpent(started, self.settings.reply_budget),
@@ -153,14 +191,36 @@ class ReplyClient:
             async for attempt in retrying:
                 with attempt:
                     if first is not None:  # the attempt made above: tenacity decides what next
-                        failed, first = first, None
-                        raise failed
-                    return await self._attempt(url, payload, receiver)
+                        last, first = first, None
+                        raise last
+                    # No status came back (lost answer, timeout): it may be stored already.
+                    if not isinstance(last, ReplyFailed):
+                        stored = await self._stored(url, body)
+                        if stored is None:  # cannot tell: the worker retries it later
+                            raise TransientError(f"reply API unreachable: {last!r}")
+                        if stored:
+                            return {}
+                    try:
+                        return await self._attempt(url, payload, receiver)
+                    except BaseException as exc:
+                        last = exc
+                        raise
         except RETRYABLE as exc:
             if isinstance(exc, TransientError):
                 raise
             raise TransientError(f"reply API unreachable: {type(exc).__name__} {exc}") from exc
         raise AssertionError("unreachable: tenacity either returns or raises")
+
+    async def _stored(self, url: str, body: dict[str, Any]) -> bool | None:
+        """Asks ``lookup`` (``worker.reply_lookup``; set by the worker) whether an attempt
+        whose answer never came was stored after all; None when it cannot tell."""
+        if self.lookup is None:
+            return False
+        try:
+            return await self.lookup(url, body)
+        except Exception as exc:
+            log.warning("could not look up an earlier reply: %s", type(exc).__name__)
+            return None
 
     async def _attempt(self, url: str, payload: bytes, receiver: str) -> dict[str, Any]:
         if self.limiter is not None:
@@ -171,8 +231,11 @@ class ReplyClient:
         started = time.perf_counter()
         status = "error"
         try:
+            pool = self._pools.get(_app_of(url))
+            if pool is None:  # only url() makes URLs: anything else is never sent, key or not
+                raise UnknownApp("a reply URL outside the configured apps' API bases")
             async with asyncio.timeout(self.settings.reply_timeout):
-                resp = await self.http.post(url, payload)
+                resp = await pool.post(url, payload)
             status = str(resp.status)
             if 200 <= resp.status < 300:
                 return _data(resp.body)
@@ -189,7 +252,8 @@ class ReplyClient:
                 self.metrics.reply_seconds.observe(time.perf_counter() - started)
 
     async def close(self) -> None:
-        await self.http.close()
+        for pool in self._pools.values():
+            await pool.close()
         if self.limiter is not None:
             await self.limiter.close()
 

@@ -6,9 +6,14 @@
 With ``BOTRELAY_ORDERING=conversation`` the worker also consumes the inbound partitions it owns
 (``worker.partitions``); it always consumes the shared ``P.inbound`` queue.
 
-On stop: cancel the consumers (no new deliveries), let deliveries in flight finish within
-``BOTRELAY_SHUTDOWN_GRACE``, then close the channel: whatever is still unacked goes back to the
-queue for another worker. Nothing is acked that was not finished.
+With Redis, the worker keeps a liveness key (``worker.liveness``) that its dedup claims and
+partition leases name: if it dies, another worker takes its work over within seconds.
+
+On stop: cancel the consumers (no new deliveries), let deliveries in flight finish, then close
+the channel: whatever is still unacked goes back to the queue for another worker. Nothing is
+acked that was not finished. The whole stop (hand-overs, in-flight work, cancelling what is
+left) fits in one ``BOTRELAY_SHUTDOWN_GRACE``, so the manifests' termination grace is that plus
+a margin to close connections.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from botrelay.shared.settings import Settings
 from botrelay.worker.bot import Bot
 from botrelay.worker.consumer import Consumer
 from botrelay.worker.dedup import DedupStore, RedisDedup, make_store
+from botrelay.worker.liveness import Liveness
+from botrelay.worker.loop_watch import watch_loop
 from botrelay.worker.partitions import (
     Leases,
     PartitionManager,
@@ -40,6 +47,7 @@ from botrelay.worker.partitions import (
 )
 from botrelay.worker.rate_limit import make_limiter
 from botrelay.worker.reply_client import ReplyClient
+from botrelay.worker.reply_lookup import ReplyLookup
 from botrelay.worker.retry import Mover
 from botrelay.worker.subscriptions import Subscriptions
 
@@ -48,6 +56,9 @@ log = logging.getLogger("botrelay.worker")
 # How often the worker samples queue depths for the metrics.
 DEPTH_INTERVAL = 5.0
 
+# The end of the shutdown grace kept for cancelling what is still running (at most).
+CANCEL_RESERVE = 2.0
+
 
 class Worker:
     def __init__(self, settings: Settings, bot: Bot, *, dedup: DedupStore | None = None,
@@ -55,16 +66,29 @@ class Worker:
         self.settings = settings
         self.bot = bot
         self.metrics = WorkerMetrics()
+        self._liveness_client: aioredis.Redis | None = None
         self.broker = BrokerLink(settings, name)
         self.dedup = dedup or make_store(settings)
         self.id = worker_id()
+        self.liveness: Liveness | None = None
+        if settings.redis_enabled:
+            # A client of its own: a heartbeat must not queue behind a burst of claims.
+            self._liveness_client = make_redis(
+                settings, socket_timeout=1.0, socket_connect_timeout=1.0, max_connections=2)
+            self.liveness = Liveness(self._liveness_client, settings.prefix, self.id)
+            if isinstance(self.dedup, RedisDedup):
+                self.dedup.liveness = self.liveness
         # The rate limiter shares the dedup store's Redis client, and so its pipelines.
         shared = self.dedup.client if isinstance(self.dedup, RedisDedup) else None
         self.replies = replies or ReplyClient(
             settings, self.metrics, limiter=make_limiter(settings, self.metrics, shared),
             user_agent=f"botrelay-worker/{self.id}")
+        # Asked only before re-sending a reply whose earlier attempt's outcome is unknown.
+        self.lookup = ReplyLookup(self.replies.get)
+        self.replies.lookup = self.lookup
         self.consumer = Consumer(settings, bot, self.dedup, self.replies,
-                                 Mover(settings, self.broker), self.metrics)
+                                 Mover(settings, self.broker), self.metrics,
+                                 lookup=self.lookup)
         self.subscriptions: Subscriptions | None = None
         self._inbound = topology.inbound_queue(settings.prefix)
         self._stopped = asyncio.Event()
@@ -84,6 +108,9 @@ class Worker:
         await self.stop()
 
     async def start(self) -> None:
+        if self.liveness is not None:
+            await self.liveness.start()
+            self._tasks.append(asyncio.create_task(self.liveness.run(), name="liveness"))
         await self.broker.start(wait=True)
         channel = self.broker.channel
         assert channel is not None
@@ -99,6 +126,7 @@ class Worker:
             await self.partitions.rebalance()
             self._tasks.append(asyncio.create_task(self.partitions.run(), name="partitions"))
         self._tasks.append(asyncio.create_task(self._sample_depths(), name="queue-depths"))
+        self._tasks.append(asyncio.create_task(watch_loop(self.metrics), name="loop-watch"))
         log.info("worker %s consuming %s (concurrency %d, ordering %s)", self.id,
                  self._inbound, self.settings.concurrency, self.settings.ordering)
 
@@ -108,9 +136,11 @@ class Worker:
         if isinstance(self.dedup, RedisDedup):
             # The dedup store's connection pool serves the leases too (it closes it at stop,
             # after the partitions were handed back).
-            return RedisLeases(self.dedup.client, self.settings.prefix, self.id)
+            assert self.liveness is not None
+            return RedisLeases(self.dedup.client, self.settings.prefix, self.liveness)
+        assert self.liveness is not None
         self._redis = make_redis(self.settings, socket_timeout=2.0, socket_connect_timeout=2.0)
-        return RedisLeases(self._redis, self.settings.prefix, self.id)
+        return RedisLeases(self._redis, self.settings.prefix, self.liveness)
 
     async def _subscribe(self, name: str, prefetch: int, callback: Any) -> str:
         assert self.subscriptions is not None
@@ -183,6 +213,12 @@ class Worker:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        loop = asyncio.get_running_loop()
+        grace = self.settings.shutdown_grace
+        # One grace for everything: hand-overs and in-flight work until ``work_until``, the
+        # rest of it to cancel what still runs.
+        deadline = loop.time() + grace
+        work_until = deadline - min(CANCEL_RESERVE, grace / 5)
         if self.subscriptions is not None:
             await self.subscriptions.remove(self._inbound)
         if self.partitions is not None:
@@ -191,16 +227,21 @@ class Worker:
             for task in self._tasks:
                 if task.get_name() == "partitions":
                     task.cancel()
-            await self.partitions.stop()
+            await self.partitions.stop(settle=max(0.0, work_until - loop.time()))
         if self.consumer.in_flight:
-            log.info("waiting up to %.0fs for %d deliveries in flight",
-                     self.settings.shutdown_grace, self.consumer.in_flight)
+            left = max(0.0, work_until - loop.time())
+            log.info("waiting up to %.1fs for %d deliveries in flight", left,
+                     self.consumer.in_flight)
             try:
-                await asyncio.wait_for(self.consumer.idle.wait(), self.settings.shutdown_grace)
+                await asyncio.wait_for(self.consumer.idle.wait(), left)
             except TimeoutError:
                 log.warning("%d deliveries unfinished after the grace period; they go back to "
                             "the queue", self.consumer.in_flight)
-                await self.consumer.cancel_in_flight()
+                await self.consumer.cancel_in_flight(
+                    timeout=max(0.1, deadline - loop.time()))
+        if self.liveness is not None:
+            # Nothing of ours is in flight any more: what this worker still holds is free now.
+            await self.liveness.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -215,7 +256,11 @@ class Worker:
         if self._redis is not None:
             with contextlib.suppress(Exception):
                 await self._redis.aclose()
+        if self._liveness_client is not None:
+            with contextlib.suppress(Exception):
+                await self._liveness_client.aclose()
         await self.replies.close()
+        await self.lookup.close()
         with contextlib.suppress(Exception):
             await self.dedup.close()
         if self._metrics_runner is not None:

@@ -80,7 +80,7 @@ class _Replies:
         self.sent: list[dict[str, Any]] = []
         self.error: BaseException | None = None
 
-    def url(self, app_id: str, region: str | None, bot: str) -> str:
+    def url(self, app_id: str, bot: str) -> str:
         return f"memory://{app_id}/bots/{bot}/messages"
 
     async def send(self, url: str, body: dict[str, Any]) -> dict[str, Any]:

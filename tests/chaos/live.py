@@ -53,6 +53,8 @@ class LiveIngress:
 
     def start(self, timeout: float = 20.0) -> LiveIngress:
         env = settings_env(self.settings)
+        if self.settings.metrics_port is None:
+            env["BOTRELAY_METRICS_PORT"] = "0"
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "botrelay", "ingress"], env=env, cwd=ROOT, stdout=out,

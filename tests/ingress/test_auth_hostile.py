@@ -40,6 +40,7 @@ def live(amqp_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Li
         port=free_port(), callback_username=USER, callback_password=PASSWORD,
         cometchat_api_key=API_KEY, log_format="json", log_level="DEBUG", metrics_port=None,
         retry_delays=(0.2, 0.5), handler_timeout=2.0, reply_budget=2.0, dedup_lease=5.0,
+        cometchat_app_id="2248348660ad9bd4",
     )
     log_path = Path(tmp_path_factory.mktemp("ingress")) / "ingress.log"
     ingress = LiveIngress(settings, log_path).start()
@@ -157,7 +158,7 @@ def test_random_authorization_headers_get_401(live: LiveIngress, header: str) ->
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics"])
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/openapi.json"])
 def test_health_endpoints_reveal_nothing_sensitive(live: LiveIngress, path: str) -> None:
     answer = live.request("GET", path)
     assert answer.status == 200
@@ -166,6 +167,11 @@ def test_health_endpoints_reveal_nothing_sensitive(live: LiveIngress, path: str)
                live.settings.amqp_url]
     for secret in secrets:
         assert secret.encode() not in shown, f"{path} reveals {secret!r}"
+
+
+@pytest.mark.integration
+def test_metrics_are_not_served_on_the_callback_port(live: LiveIngress) -> None:
+    assert live.request("GET", "/metrics").status == 404
 
 
 # --- the comparison itself (no services needed) ---------------------------------------------

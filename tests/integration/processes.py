@@ -69,7 +69,7 @@ class IngressProcess:
     def spawn(self) -> subprocess.Popen[bytes]:
         env = settings_env(self.settings)
         env.update({"BOTRELAY_HOST": "127.0.0.1", "BOTRELAY_PORT": str(self.port),
-                    **self.extra_env})
+                    "BOTRELAY_METRICS_PORT": "0", **self.extra_env})
         with open(self.log_path, "ab") as out:
             return subprocess.Popen([sys.executable, "-m", "botrelay", "ingress"], env=env,
                                     cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)

@@ -71,7 +71,8 @@ async def test_node_and_primary_deaths_lose_nothing(
     cluster, redis_group = rabbit_cluster, sentinel_group
     settings = Settings(
         amqp_url=cluster.amqp_url, prefix=prefix, cometchat_api_base=fake_api.base,
-        cometchat_api_key="test-api-key", retry_delays=(0.2, 0.5, 1.0), max_attempts=20,
+        cometchat_api_key="test-api-key", cometchat_app_id="2248348660ad9bd4",
+        callback_auth="none", retry_delays=(0.2, 0.5, 1.0), max_attempts=20,
         reply_timeout=1.0, reply_budget=2.0, handler_timeout=2.0, dedup_lease=5.0,
         shutdown_grace=5.0, uvloop=False, partitions=4, concurrency=8,
         # A node's death stalls confirms for a moment: the ingress retries within this budget.

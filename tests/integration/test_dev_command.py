@@ -146,6 +146,7 @@ def test_dev_with_an_unknown_app_exits_1_with_one_line(tmp_path: Path) -> None:
 async def test_dev_also_sends_replies_when_an_api_key_is_set(fake_api) -> None:
     port = _free_port()
     dev = DevProcess(port, env={"BOTRELAY_COMETCHAT_API_KEY": "dev-key",
+                                "BOTRELAY_COMETCHAT_APP_ID": "2248348660ad9bd4",
                                 "BOTRELAY_COMETCHAT_API_BASE": fake_api.base})
     try:
         assert dev.wait_for_line("listening on", timeout=20), dev.lines

@@ -70,10 +70,10 @@ async def test_sigterm_returns_what_outlives_the_grace_unacked(
                                          tmp_path, grace=1.0, handler_seconds=4.0)
     assert code == 0
     assert before == 0  # nothing finished within the grace ...
-    # It waited out the grace, then stopped: the 4 s handlers did not hold it up. The 1.5 s over
-    # the grace is the exit itself (cancelling the handlers, closing the broker and Redis links,
-    # interpreter teardown: about 1 s measured on this machine).
-    assert 1.0 <= took < 1.0 + 1.5, f"grace 1.0 s, exited after {took:.2f} s"
+    # It waited out the grace (less its last fifth, kept for cancelling the handlers), then
+    # stopped: the 4 s handlers did not hold it up. The 1.5 s over the grace is the exit itself
+    # (closing the broker and Redis links, interpreter teardown).
+    assert 0.8 <= took < 1.0 + 1.5, f"grace 1.0 s, exited after {took:.2f} s"
     # The stopped worker released its claims: the next one did not wait out the 15 s lease
     # (it answers the 2 x HELD messages, HELD at a time, in 2 x 4 s).
     assert rest < 12.0

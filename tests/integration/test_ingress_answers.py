@@ -118,14 +118,17 @@ async def test_wrong_content_type_is_415(ingress):
     assert await _inbound_count(settings) == 0
 
 
-async def test_health_ready_and_metrics(ingress):
+async def test_health_ready_and_metrics(ingress, ingress_metrics_url):
     _, running = ingress
+    metrics_url = await ingress_metrics_url(running)
     async with aiohttp.ClientSession() as session:
         async with session.get(f"{running.url}/healthz") as resp:
             assert resp.status == 200
         async with session.get(f"{running.url}/readyz") as resp:
             assert resp.status == 200
         async with session.get(f"{running.url}/metrics") as resp:
+            assert resp.status == 404  # not on the public callback port
+        async with session.get(metrics_url) as resp:
             assert resp.status == 200
             assert "botrelay_callbacks_total" in await resp.text()
 

@@ -59,9 +59,10 @@ def value_or_zero(samples: dict, name: str, **labels: str) -> float:
 
 
 async def test_ingress_and_worker_metrics_match_the_traffic(
-        make_settings, start_ingress, fake_api):
+        make_settings, start_ingress, fake_api, ingress_metrics_url):
     settings = make_settings(callback_username=USER, callback_password=PASSWORD)
     ingress = await start_ingress(settings)
+    ingress_metrics = await ingress_metrics_url(ingress)
     url = f"{ingress.url}/callback"
     fake_api.fake.config.status_for_receiver = {"bad-receiver": 400}
 
@@ -107,7 +108,7 @@ async def test_ingress_and_worker_metrics_match_the_traffic(
             await asyncio.sleep(0.1)
         await asyncio.wait_for(worker.until_idle(), 20)
         w = await scrape(worker_url)
-        i = await scrape(f"{ingress.url}/metrics")
+        i = await scrape(ingress_metrics)
 
     # Ingress: callbacks by outcome and reason, and one latency sample per POST /callback.
     assert value(i, "botrelay_callbacks_total", outcome="queued", reason="") == 6

@@ -109,15 +109,6 @@ async def test_three_workers_keep_each_conversation_in_order(
     assert len(fake_api.fake.replies) == total
 
 
-# Under load, about one run in five here delivers one message of a conversation after its
-# successor across a partition hand-over (seen after a join and after a kill; the message reaches
-# the new owner about 0.3 s late). The consumption path is ruled out (the same with aio-pika's);
-# the cause is not found yet. Not strict, so a clean run passes and a regression is still shown.
-HANDOVER_RACE = pytest.mark.xfail(
-    strict=False, reason="known: a message can arrive late across a partition hand-over")
-
-
-@HANDOVER_RACE
 async def test_killed_worker_partitions_are_taken_over_in_order(
         ordered, redis_client, start_ingress, fake_api: RunningFake, tmp_path):
     ingress = await start_ingress(ordered)
@@ -155,7 +146,6 @@ async def test_killed_worker_partitions_are_taken_over_in_order(
     resends_around(fake_api.fake, kill_time)
 
 
-@HANDOVER_RACE
 async def test_a_fourth_worker_joining_gets_a_share(
         ordered, redis_client, start_ingress, fake_api: RunningFake, tmp_path):
     ingress = await start_ingress(ordered)

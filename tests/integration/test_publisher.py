@@ -162,3 +162,57 @@ async def test_the_channel_closing_before_the_confirm_fails_the_waiters(link, pr
     for waiter in waiters:
         assert waiter.exception() is not None or isinstance(waiter.result(), spec.Basic.Ack)
     await batcher.close()
+
+
+class _RefusingQueue:
+    """A write queue that takes nothing: ``put`` fails, or (``block``) waits until cancelled."""
+
+    def __init__(self, block: bool = False) -> None:
+        self.block = block
+        self.puts = 0
+
+    async def put(self, item: Any) -> None:
+        self.puts += 1
+        if self.block:
+            await asyncio.Event().wait()
+        raise RuntimeError("the connection's writer is gone")
+
+
+@pytest.mark.parametrize("how", ["failed", "cancelled"])
+async def test_after_a_write_that_did_not_happen_tags_stay_in_step(link, prefix, how):
+    """The broker numbers confirms by the publishes it got. A batch that never reached the
+    write queue gives its tags back (as aiormq does), or every later confirm would land on the
+    wrong message and the last publish would wait forever."""
+    channel, underlay, exchange = link
+    queue = await _queue(channel, prefix, "q")
+    batcher = ConfirmBatcher()
+    assert isinstance(await batcher.publish(underlay, exchange, "q", b'{"n":0}',
+                                            callback_properties("before", {})), spec.Basic.Ack)
+    tag = underlay.delivery_tag
+    real, refusing = underlay.write_queue, _RefusingQueue(block=how == "cancelled")
+    underlay.write_queue = refusing
+    try:
+        lost = [asyncio.ensure_future(batcher.publish(
+            underlay, exchange, "q", b"{}", callback_properties(f"lost-{i}", {})))
+            for i in range(3)]
+        await asyncio.sleep(0.05)
+        assert refusing.puts == 1
+        if how == "cancelled":
+            await batcher.close()  # cancels the write waiting on the full queue
+            batcher = ConfirmBatcher()
+        for future in lost:
+            with pytest.raises(ChannelClosed):
+                await asyncio.wait_for(future, 5)
+    finally:
+        underlay.write_queue = real
+    assert underlay.delivery_tag == tag
+    assert not underlay.confirmations
+    assert not any(k.startswith("lost-") for k in underlay.message_id_delivery_tag)
+    after = await asyncio.wait_for(asyncio.gather(*(
+        batcher.publish(underlay, exchange, "q", b'{"n":%d}' % i,
+                        callback_properties(f"after-{i}", {})) for i in range(1, 4))), 5)
+    assert all(isinstance(r, spec.Basic.Ack) for r in after)
+    got = await _drain(queue, 4)
+    assert sorted(m.message_id for m in got) == ["after-1", "after-2", "after-3", "before"]
+    assert not underlay.confirmations
+    await batcher.close()

@@ -23,6 +23,7 @@ from tests.helpers import fixture, wait_for
 @pytest.fixture
 async def relay(fake_api):
     settings = Settings(cometchat_api_base=fake_api.base, cometchat_api_key="test-api-key",
+                        cometchat_app_id="2248348660ad9bd4",
                         retry_delays=(0.2, 0.5), max_attempts=3, uvloop=False)
     broker = MemoryBroker(settings)
     ingress = await RunningIngress(make_app(settings, broker=broker)).start()

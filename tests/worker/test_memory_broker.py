@@ -16,7 +16,8 @@ from tests.helpers import text_callback, wait_for
 
 
 def _settings(**overrides: object) -> Settings:
-    return Settings(uvloop=False, retry_delays=(0.05, 0.1), **overrides)  # type: ignore[arg-type]
+    return Settings(uvloop=False, retry_delays=(0.05, 0.1),
+                    cometchat_app_id="2248348660ad9bd4", **overrides)  # type: ignore[arg-type]
 
 
 def _message(n: int) -> object:

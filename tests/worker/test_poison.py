@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 import time
 import uuid
@@ -258,22 +259,30 @@ def _record(name: str, background: Background, latencies: list[float], started: 
     record(figures)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a handler that blocks the event loop (time.sleep, a CPU-bound loop, a blocking client) "
-    "stalls every conversation on its worker: BOTRELAY_HANDLER_TIMEOUT cannot interrupt code "
-    "that never yields; such work belongs in asyncio.to_thread or a process pool"))
-async def test_handler_that_blocks_the_event_loop_does_not_stall_others(running, fake_api
-                                                                       ) -> None:
-    _settings, _worker, publisher = running
+async def test_a_handler_that_blocks_the_event_loop_is_reported_and_loses_nothing(
+        running, fake_api, caplog) -> None:
+    """A handler that blocks the event loop stalls every conversation on its worker, and
+    BOTRELAY_HANDLER_TIMEOUT cannot interrupt code that never yields. What botrelay owes is
+    to say so (one warning naming the fix, and a counter) and to lose nothing."""
+    _settings, worker, publisher = running
+    def blocked_seconds() -> float:
+        return worker.metrics.registry.get_sample_value(
+            "botrelay_event_loop_blocked_seconds_total") or 0.0
+
+    blocked_before = blocked_seconds()
+    caplog.set_level(logging.WARNING, logger="botrelay.worker")
     await publisher.send_callback(text_callback(f"b-{uuid.uuid4().hex[:8]}", "blocking",
                                                 sender="blocker"))
-    sent = {}
+    sent = set()
     for i in range(10):  # other conversations, queued right behind the blocker
         text = f"other-{uuid.uuid4().hex[:8]}"
-        sent[f"echo: {text}"] = time.time()
+        sent.add(f"echo: {text}")
         await publisher.send_callback(text_callback(f"o{i}-{uuid.uuid4().hex[:6]}", text,
                                                     sender=f"other-{i}"))
-    assert await wait_for(lambda: set(sent) <= {r.body["data"]["text"]
-                                                for r in fake_api.fake.replies}, 15)
-    got = {r.body["data"]["text"]: r.at for r in fake_api.fake.replies}
-    assert max(got[t] - at for t, at in sent.items()) < HANDLER_TIMEOUT * 2
+    assert await wait_for(lambda: sent <= {r.body["data"]["text"]
+                                           for r in fake_api.fake.replies}, 15)
+    blocked = blocked_seconds() - blocked_before
+    assert blocked >= 2.5 * HANDLER_TIMEOUT, blocked  # it blocks for 3 x the timeout
+    warnings = [r.getMessage() for r in caplog.records
+                if "event loop was blocked" in r.getMessage()]
+    assert warnings and "asyncio.to_thread" in warnings[0], warnings

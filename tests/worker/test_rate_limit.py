@@ -113,3 +113,11 @@ async def test_redis_limiter_falls_back_to_memory_when_redis_is_down(prefix):
         await limiter.slow_down("app", 0.1)
     finally:
         await limiter.close()
+
+
+def test_waiting_for_our_own_limit_is_not_a_retry():
+    # A Retry spends an attempt; waiting for our own budget must never dead-letter a message.
+    from botrelay.shared.errors import Retry, TransientError
+    assert not issubclass(RateLimited, Retry)
+    assert issubclass(RateLimited, TransientError)
+    assert RateLimited(2.5).delay == 2.5

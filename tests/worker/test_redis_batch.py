@@ -106,3 +106,80 @@ async def test_a_reply_that_never_comes_fails_the_batches_in_flight(prefix):
             writer.close()
         await batcher.close()
         await client.aclose()
+
+
+async def test_a_bad_argument_fails_only_its_own_call(redis_url, prefix):
+    client = aioredis.Redis.from_url(redis_url)
+    batcher = ScriptBatcher(client)
+    incr = batcher.script(_INCR)
+    try:
+        await incr(keys=[f"{prefix}:n"], args=[0])  # loads the script, opens the connection
+        connection = batcher._connection
+        results = await asyncio.gather(
+            incr(keys=[f"{prefix}:n"], args=[1]),
+            incr(keys=[f"{prefix}:n"], args=[None]),  # not something Redis can be sent
+            incr(keys=[f"{prefix}:n"], args=["\ud800"]),  # not Unicode text
+            incr(keys=[f"{prefix}:n"], args=[1]),
+            return_exceptions=True)
+        assert sorted(results[::3]) == [1, 2]  # type: ignore[type-var]
+        assert isinstance(results[1], TypeError)
+        assert isinstance(results[2], UnicodeEncodeError)
+        assert batcher._connection is connection  # the connection was never in doubt
+        assert await incr(keys=[f"{prefix}:n"], args=[1]) == 3
+    finally:
+        await client.delete(f"{prefix}:n")
+        await batcher.close()
+        await client.aclose()
+
+
+async def test_a_connection_lost_mid_batch_never_runs_a_script_twice_that_must_run_once(
+        redis_url, prefix):
+    """The batch reaches Redis and runs; the connection goes before its replies are read. The
+    idempotent call is sent again on a new connection; the other (a reservation, counting)
+    fails with the connection error instead of counting twice."""
+    client = aioredis.Redis.from_url(redis_url)
+    batcher = ScriptBatcher(client)
+    reserve = batcher.script(_INCR)  # not idempotent: each run counts
+    mark = batcher.script(f"redis.call('INCR', KEYS[2]) return redis.call('SET', KEYS[1], "
+                          f"ARGV[1]) -- {prefix}", idempotent=True)
+    base = batcher._connection_class
+    cuts = [1]
+
+    class CutAfterRedisRan(base):  # type: ignore[valid-type,misc]
+        async def read_response(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            answer = await super().read_response(*args, **kwargs)  # the batch has run
+            if cuts and not isinstance(answer, dict):  # a script's reply, not the handshake's
+                cuts.pop()
+                raise redis.exceptions.ConnectionError("connection lost")
+            return answer
+
+    try:
+        await reserve(keys=[f"{prefix}:n"], args=[0])  # loads the scripts
+        await mark(keys=[f"{prefix}:m", f"{prefix}:runs"], args=["x"])
+        await client.delete(f"{prefix}:runs")
+        batcher._broken(batcher._connection, RuntimeError("a new connection, of the class below"))
+        batcher._connection_class = CutAfterRedisRan
+        results = await asyncio.gather(
+            reserve(keys=[f"{prefix}:n"], args=[1]),
+            mark(keys=[f"{prefix}:m", f"{prefix}:runs"], args=["y"]),
+            return_exceptions=True)
+        assert not cuts
+        assert isinstance(results[0], redis.exceptions.ConnectionError)
+        assert results[1] in (b"OK", "OK", True)
+        assert int(await client.get(f"{prefix}:n") or 0) == 1  # reserved once, not twice
+        assert int(await client.get(f"{prefix}:runs") or 0) == 2  # the mark did go again
+    finally:
+        await client.delete(f"{prefix}:n", f"{prefix}:m", f"{prefix}:runs")
+        await batcher.close()
+        await client.aclose()
+
+
+async def test_redis_answers_are_parsed_by_hiredis(redis_url):
+    client = aioredis.Redis.from_url(redis_url)
+    batcher = ScriptBatcher(client)
+    try:
+        assert await batcher.script("return 1")() == 1
+        assert type(batcher._connection._parser).__name__ == "_AsyncHiredisParser"
+    finally:
+        await batcher.close()
+        await client.aclose()

@@ -17,7 +17,8 @@ BODY = {"receiver": "cometchat-uid-1", "receiverType": "user", "category": "mess
 
 def _settings(fake: RunningFake, **extra: object) -> Settings:
     values: dict[str, object] = {"cometchat_api_base": fake.base, "cometchat_api_key": "k-123",
-                                 "reply_timeout": 0.5, "reply_budget": 4.0}
+                                 "cometchat_app_id": "app1", "reply_timeout": 0.5,
+                                 "reply_budget": 4.0}
     values.update(extra)
     return Settings(**values)  # type: ignore[arg-type]
 
@@ -27,7 +28,7 @@ async def _send(config: FakeConfig, **extra: object) -> tuple[FakeCometChat, flo
         client = ReplyClient(_settings(fake, **extra))
         started = time.monotonic()
         try:
-            result: object = await client.send(client.url("app1", "eu", "demo_bot"), BODY)
+            result: object = await client.send(client.url("app1", "demo_bot"), BODY)
         except Exception as exc:
             result = exc
         finally:

@@ -27,7 +27,8 @@ def test_custom_message_with_metadata() -> None:
                  metadata={"k": "v"}).body(USER_MSG, "m1")
     assert body == {"receiver": "cometchat-uid-1", "receiverType": "user", "category": "custom",
                     "type": "location", "data": {"customData": {"lat": 1.5}, "text": "Here",
-                                                 "metadata": {"k": "v"}}, "muid": "m1"}
+                                                 "metadata": {"k": "v"}}, "muid": "m1",
+                    "tags": ["m1"]}
 
 
 @pytest.mark.parametrize("kind", ["image", "video", "audio", "file"])

@@ -52,7 +52,8 @@ async def test_replied_with_the_request_bodies() -> None:
     assert result.outcome == "replied"
     assert result.replies == [{"receiver": "cometchat-uid-1", "receiverType": "user",
                                "category": "message", "type": "text",
-                               "data": {"text": "echo: hi"}, "muid": result.replies[0]["muid"]}]
+                               "data": {"text": "echo: hi"}, "muid": result.replies[0]["muid"],
+                               "tags": [result.replies[0]["muid"]]}]
     assert result.dedup_key == "2248348660ad9bd4:demo_bot:after_message:712"
     assert result.message is not None and result.message.text == "hi"
     assert result.attempts == 1

@@ -17,7 +17,9 @@ REALM = 'Basic realm="botrelay console", charset="UTF-8"'
 
 def check_auth_settings(settings: Settings) -> None:
     """The console moves and drops dead letters: it refuses to run open unless told so."""
-    if settings.console_auth == "basic" and not settings.console_username:
+    # Both must be non-empty: an empty password would let anyone who guesses the user name in.
+    if settings.console_auth == "basic" and not (settings.console_username
+                                                 and settings.console_password):
         raise SettingsError(
             "botrelay console needs BOTRELAY_CONSOLE_USERNAME and BOTRELAY_CONSOLE_PASSWORD "
             "(or BOTRELAY_CONSOLE_AUTH=none behind a proxy that authenticates)"

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import html
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from urllib.parse import quote, urlencode
 
 import orjson
 
-from botrelay.worker.console.overview import Snapshot
+from botrelay.worker.console.flow import series
+from botrelay.worker.console.overview import Overview
 from botrelay.worker.dlq import DeadLetter
 
 STYLE = """
@@ -20,7 +21,8 @@ th{background:#f3f5f7}.num{text-align:right}.permanent{color:#a00}.transient{col
 .card{display:inline-block;border:1px solid #ccc;border-radius:6px;padding:8px 14px;
 margin:0 8px 8px 0}
 .card b{font-size:22px;display:block}pre{background:#f6f8fa;padding:8px;overflow:auto}
-button{margin-right:6px}.notice{background:#eef6ee;border:1px solid #9c9;padding:8px}
+button{margin-right:6px}figure{display:inline-block;margin:0 16px 8px 0}
+figcaption{font-size:12px;color:#555}.notice{background:#eef6ee;border:1px solid #9c9;padding:8px}
 """
 
 SELECT_ALL = """
@@ -51,29 +53,109 @@ def _age(seconds: float) -> str:
     return f"{seconds:.0f}s"
 
 
+Series = Sequence[float | None]
+COLOURS = ("#2a6ebb", "#c0392b")
+
+
+def _polylines(lines: Sequence[Series], top: float, step: float) -> str:
+    """One polyline per run of known values: a gap (a sample that could not be read) stays a
+    gap instead of being drawn as zero."""
+    out = []
+    for colour, values in zip(COLOURS, lines, strict=False):
+        runs: list[list[str]] = [[]]
+        for i, v in enumerate(values):
+            if v is None:
+                runs.append([])
+            else:
+                runs[-1].append(f"{i * step:.1f},{60 - 56 * v / top:.1f}")
+        for run in runs:
+            if len(run) > 1:
+                out.append(f"<polyline fill='none' stroke='{colour}' stroke-width='2' "
+                           f"points='{' '.join(run)}'/>")
+            elif run:  # a lone value between gaps: a dot, or it would not show at all
+                x, y = run[0].split(",")
+                out.append(f"<circle cx='{x}' cy='{y}' r='2' fill='{colour}'/>")
+    return "".join(out)
+
+
+def _fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    if unit == "s":
+        return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
+    return f"{value:.1f}{unit}"
+
+
+def _last(values: Series) -> float | None:
+    """The latest known value: an idle last interval has no latency, the one before may."""
+    return next((v for v in reversed(values) if v is not None), None)
+
+
+def chart(label: str, lines: Sequence[Series], names: Sequence[str] = ("",),
+          unit: str = "") -> str:
+    """A small inline SVG line chart of the last samples (no charting library, no build step);
+    the caption gives each line's last value and the top of the scale."""
+    known = [v for values in lines for v in values if v is not None]
+    if len(lines[0]) < 2 or not known:
+        return (f"<figure data-chart='{e(label)}'><figcaption>{e(label)}: collecting"
+                "</figcaption></figure>")
+    top = max(max(known), 1e-9)
+    step = 300 / (len(lines[0]) - 1)
+    last = ", ".join(
+        f"<span style='color:{colour}'>{e(name)} {e(_fmt(_last(values), unit))}</span>"
+        for colour, name, values in zip(COLOURS, names, lines, strict=False))
+    return (f"<figure data-chart='{e(label)}'><svg width='300' height='62' role='img' "
+            f"aria-label='{e(label)}'><rect width='300' height='62' fill='#fafbfc'/>"
+            f"{_polylines(lines, top, step)}</svg><figcaption>{e(label)}: {last} "
+            f"(top {e(_fmt(top, unit))})</figcaption></figure>")
+
+
 def sparkline(values: Sequence[int], label: str) -> str:
-    """A small SVG line of the last samples (no charting library, no build step)."""
-    if len(values) < 2:
-        return f"<figure data-chart='{e(label)}'><figcaption>{e(label)}: collecting" \
-               "</figcaption></figure>"
-    top = max(max(values), 1)
-    step = 300 / (len(values) - 1)
-    points = " ".join(f"{i * step:.1f},{60 - 56 * v / top:.1f}" for i, v in enumerate(values))
-    return (f"<figure data-chart='{e(label)}'><svg width='300' height='62' role='img'>"
-            f"<polyline fill='none' stroke='#2a6ebb' stroke-width='2' points='{points}'/></svg>"
-            f"<figcaption>{e(label)} (max {top}, last {values[-1]})</figcaption></figure>")
+    return chart(label, [[float(v) for v in values]])
 
 
-def overview(shot: Snapshot, history: Iterable[Snapshot]) -> str:
-    past = list(history)
+def _workers(view: Overview) -> str:
+    if view.workers is None:
+        return ("<h2>Workers</h2><p id='workers'>No BOTRELAY_REDIS_URL: the partition leases "
+                "live in Redis, so which worker holds which partition is not known here (a "
+                "single worker without Redis holds them all). The consumers column below "
+                "counts each queue's subscribers.</p>")
+    rows = "".join(
+        f"<tr data-worker='{e(w.id)}'><td>{e(w.id)}</td><td>{'live' if w.live else 'gone'}"
+        f"</td><td class='num'>{len(w.partitions)}</td>"
+        f"<td data-partitions='{' '.join(map(str, w.partitions))}'>"
+        f"{e(', '.join(map(str, w.partitions)) or '-')}</td></tr>" for w in view.workers)
+    return ("<h2>Workers</h2><p>From the workers' partition leases in Redis.</p>"
+            "<table id='workers'><tr><th>worker</th><th>state</th><th class='num'>partitions"
+            f"</th><th>holds</th></tr>{rows}</table>")
+
+
+def _flow(view: Overview) -> str:
+    if not view.metrics_urls:
+        return ("<p id='flow'>Callbacks/s and reply latency: start the console with "
+                "<code>--metrics-url</code> for each ingress and worker <code>/metrics</code>."
+                "</p>")
+    points = view.flow
+    reached = f"{points[-1].reached}/{points[-1].urls}" if points else "-"
+    return (f"<div id='flow' data-reached='{e(reached)}'>"
+            + chart("callbacks/s", [series(points, "callbacks_per_s")], ("",), "/s")
+            + chart("replies/s", [series(points, "replies_per_s")], ("",), "/s")
+            + chart("reply latency", [series(points, "p50"), series(points, "p99")],
+                    ("p50", "p99"), "s")
+            + f"<p>metrics endpoints answering: {e(reached)}</p></div>")
+
+
+def overview(view: Overview) -> str:
+    shot, past = view.queues, view.depths
     cards = "".join(
         f"<div class='card' data-depth='{role}'><b>{shot.depth(role)}</b>{label}</div>"
         for role, label in (("inbound", "shared inbound"), ("partition", "in partitions"),
                             ("retry", "waiting to retry")))
     cards += (f"<div class='card' data-dead-count='{shot.dead}'><b>{shot.dead}</b>"
               "<a href='/dead'>dead letters</a></div>")
-    charts = sparkline([s.depth("inbound") + s.depth("partition") for s in past],
-                       "callbacks waiting") + sparkline([s.dead for s in past], "dead letters")
+    charts = _flow(view) + sparkline(
+        [s.depth("inbound") + s.depth("partition") for s in past], "callbacks waiting"
+    ) + sparkline([s.dead for s in past], "dead letters")
     rows = "".join(
         f"<tr data-queue='{e(q.name)}'><td>{e(q.name)}</td><td>{e(q.role)}</td>"
         f"<td class='num'>{q.messages}</td><td class='num'>{q.consumers}</td></tr>"
@@ -82,7 +164,7 @@ def overview(shot: Snapshot, history: Iterable[Snapshot]) -> str:
              "a time (single active consumer), so its consumers are the workers ready to hold it."
              "</p><table><tr><th>queue</th><th>role</th><th class='num'>messages</th>"
              f"<th class='num'>consumers</th></tr>{rows}</table>")
-    return page("Overview", cards + charts + table)
+    return page("Overview", cards + charts + _workers(view) + table)
 
 
 def _filters(q: str, kind: str) -> str:
@@ -132,10 +214,15 @@ def preview(op: str, scope: str, ids: Sequence[str], q: str, kind: str, count: i
                f"<input type='hidden' name='q' value='{e(q)}'>"
                f"<input type='hidden' name='kind' value='{e(kind)}'>")
     warning = " Purged letters are gone for good." if op == "purge" else ""
+    # Purging cannot be undone: the form does not go until this box is ticked (the browser
+    # enforces ``required``; no script, no dialog to be auto-answered).
+    ask = ("<label><input type='checkbox' name='understood' id='understood' required> "
+           "I understand purged letters cannot be recovered</label><br>"
+           if op == "purge" else "")
     back = "/dead?" + urlencode({"q": q, "kind": kind})
     body = (f"<p id='dry-run' data-count='{count}'>Dry run: {count} dead letter(s) would be "
             f"{'replayed' if op == 'replay' else 'purged'} ({what}).{warning}</p>"
-            f"<form method='post' action='/dead/apply'>{hidden}"
+            f"<form method='post' action='/dead/apply'>{hidden}{ask}"
             f"<button type='submit' id='confirm'>Confirm {verb} of {count}</button> "
             f"<a href='{e(back)}'>Cancel</a></form>")
     return page(f"Confirm {verb}", body)

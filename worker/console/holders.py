@@ -1,0 +1,47 @@
+"""Which worker holds which partition, read from the workers' own bookkeeping in Redis.
+
+The broker cannot say it: a partition queue's single active consumer is not visible over AMQP
+(only its consumer count is), and the management plugin may not be there. The workers agree on
+partitions through Redis (``worker.partitions``): a sorted set ``P:members`` of live workers
+(score = when its heartbeat expires) and one lease key ``P:partition:{P}:N`` per partition holding
+its owner's id. Reading them is plain GETs: the console changes nothing there.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRow:
+    id: str
+    partitions: tuple[int, ...]
+    live: bool  # in the members set; False: its lease has not expired yet but it is gone
+
+
+def members_key(prefix: str) -> str:
+    return f"{prefix}:members"
+
+
+def lease_key(prefix: str, partition: int) -> str:
+    # As ``worker.partitions.RedisLeases`` names them: one hash tag, ``{prefix}``, for all.
+    return f"{prefix}:partition:{{{prefix}}}:{partition}"
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def read(client: aioredis.Redis, prefix: str, partitions: int) -> list[WorkerRow]:
+    now_ms = time.time() * 1000
+    live = [_text(m) for m in await client.zrangebyscore(members_key(prefix), now_ms, "+inf")]
+    owners = await client.mget([lease_key(prefix, n) for n in range(partitions)]) \
+        if partitions else []
+    held: dict[str, list[int]] = {member: [] for member in live}
+    for n, owner in enumerate(owners):
+        if owner is not None:
+            held.setdefault(_text(owner), []).append(n)
+    return [WorkerRow(member, tuple(held[member]), member in live) for member in sorted(held)]
