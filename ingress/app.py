@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from botrelay.ingress.callback import handle_callback, json_errors
+from botrelay.ingress.forwarder import Forwarder
+from botrelay.ingress.spool import Spool
 from botrelay.ingress.state import STATE, IngressState
 from botrelay.shared.basic_auth import BasicAuth
 from botrelay.shared.broker import BrokerLink
@@ -27,6 +31,9 @@ async def readyz(request: web.Request) -> web.Response:
     if state.closing:
         return web.json_response({"status": "shutting down"}, status=503)
     if not state.broker.ready:
+        # With a spool the ingress still takes callbacks (200 "spooled") until it is full.
+        if state.spool is not None and state.spool.has_room:
+            return web.json_response({"status": "spooling"})
         return web.json_response({"status": "broker unavailable"}, status=503)
     return web.json_response({"status": "ready"})
 
@@ -57,11 +64,32 @@ def make_app(settings: Settings, *, broker: Broker | None = None,
         yield
         await state.broker.close()
 
+    async def spool_ctx(app: web.Application) -> AsyncIterator[None]:
+        # After broker_ctx, so cleanup runs first here: the forwarder stops before the link
+        # closes. What it has not forwarded stays on disk for the next start.
+        assert settings.spool_dir is not None
+        spool = Spool(settings.spool_dir, settings.spool_max_bytes, state.metrics)
+        await spool.open()
+        state.spool = spool
+        forwarder = asyncio.create_task(
+            Forwarder(spool, state.broker, settings, state.metrics).run(), name="spool-forwarder")
+        yield
+        forwarder.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await forwarder
+        state.spool = None
+        await spool.close()
+
     async def on_shutdown(app: web.Application) -> None:
         # Readiness goes 503 first so a load balancer stops sending; requests in flight finish.
         state.closing = True
 
     app.cleanup_ctx.append(broker_ctx)
+    if settings.spool_dir:
+        app.cleanup_ctx.append(spool_ctx)
+    else:
+        log.warning("BOTRELAY_SPOOL_DIR not set: while the broker is unreachable, /callback "
+                    "answers 503 and the sender must post again")
     app.on_shutdown.append(on_shutdown)
     app.router.add_post("/callback", handle_callback)
     app.router.add_get("/healthz", healthz)

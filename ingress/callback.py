@@ -1,13 +1,16 @@
 """``POST /callback``: the one hot path. Each answer is in the design's table:
 
 auth 401 -> size 413 -> content type 415 -> slow body 408 -> JSON/shape 400 -> ignored 200 ->
-publish -> 200 / 503.
-Nothing is published unless every check passed; 200 "queued" only after the broker's confirm.
+publish -> 200 queued / 200 spooled / 503.
+Nothing is published unless every check passed; 200 "queued" only after the broker's confirm,
+200 "spooled" only after the callback is on disk (``ingress/spool.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import sqlite3
 import time
 from typing import Any
 
@@ -16,12 +19,16 @@ from aio_pika.exceptions import DeliveryError
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from botrelay.ingress.spool import Spool, SpoolFull
 from botrelay.ingress.state import STATE, IngressState
 from botrelay.shared.broker import PUBLISH_ERRORS, BrokerUnavailable
 from botrelay.shared.errors import PayloadError
 from botrelay.shared.headers import ATTEMPT, CONVERSATION, RECEIVED_AT, TRIGGER
+from botrelay.shared.model import Callback
 from botrelay.shared.payloads import parse_body
 from botrelay.shared.topology import inbound_key
+
+log = logging.getLogger("botrelay.ingress")
 
 # How long a sender should wait after a 503 before posting again.
 RETRY_AFTER_SECONDS = "2"
@@ -41,8 +48,8 @@ def _reject(state: IngressState, status: int, reason: str, error: str, detail: s
 
 
 def _unavailable(state: IngressState, reason: str, detail: str) -> web.Response:
-    """503 with Retry-After; ``reason``: shutting_down, broker_down, timeout, queue_full or
-    refused (the metric's label)."""
+    """503 with Retry-After; ``reason``: shutting_down, broker_down, timeout, queue_full,
+    refused, spool_full or spool_error (the metric's label)."""
     state.metrics.callbacks.labels("unavailable", reason).inc()
     return _json(
         503,
@@ -121,27 +128,63 @@ async def _answer(request: web.Request, state: IngressState) -> web.Response:
     if state.closing:
         return _unavailable(state, "shutting_down", "shutting down")
 
+    return await _publish_or_spool(state, body, callback)
+
+
+async def _publish_or_spool(state: IngressState, body: bytes, callback: Callback
+                            ) -> web.Response:
+    """Publish with confirm: 200 "queued". With a spool, a callback the broker cannot take (or
+    one arriving while older ones wait in the spool, so it stays behind them) is written to
+    disk instead: 200 "spooled". A nack (queue full) is back-pressure: 503 either way."""
+    settings, spool = state.settings, state.spool
+    headers: dict[str, Any] = {
+        ATTEMPT: 1,
+        RECEIVED_AT: int(time.time() * 1000),
+        TRIGGER: callback.trigger,
+        CONVERSATION: callback.conversation_id,
+    }
+    if spool is not None and not spool.empty:
+        return await _spool(state, spool, body, callback, headers, "backlog")
     try:
         await state.broker.publish_callback(
             body,
             inbound_key(settings, callback.conversation_id),
             message_id=callback.dedup_key,
-            headers={
-                ATTEMPT: 1,
-                RECEIVED_AT: int(time.time() * 1000),
-                TRIGGER: callback.trigger,
-                CONVERSATION: callback.conversation_id,
-            },
+            headers=headers,
             timeout=settings.publish_timeout,
         )
     except BrokerUnavailable:
+        if spool is not None:
+            return await _spool(state, spool, body, callback, headers, "broker_down")
         return _unavailable(state, "broker_down", "the message broker is not reachable")
     except TimeoutError:
+        if spool is not None:
+            return await _spool(state, spool, body, callback, headers, "timeout")
         return _unavailable(state, "timeout", "the message broker did not confirm in time")
     except PUBLISH_ERRORS as exc:
         # A nack is what a full inbound queue (x-overflow reject-publish) answers.
-        reason = "queue_full" if isinstance(exc, DeliveryError) else "refused"
-        return _unavailable(state, reason,
+        if isinstance(exc, DeliveryError):
+            return _unavailable(state, "queue_full", f"the message broker refused the message "
+                                f"({type(exc).__name__})")
+        if spool is not None:
+            return await _spool(state, spool, body, callback, headers, "broker_down")
+        return _unavailable(state, "refused",
                             f"the message broker refused the message ({type(exc).__name__})")
     state.metrics.queued.inc()
     return _json(200, {"status": "queued", "id": callback.dedup_key})
+
+
+async def _spool(state: IngressState, spool: Spool, body: bytes, callback: Callback,
+                 headers: dict[str, Any], reason: str) -> web.Response:
+    try:
+        await spool.append(body, callback.dedup_key, headers)
+    except SpoolFull:
+        return _unavailable(state, "spool_full",
+                            "the message broker cannot take the message and the spool is full")
+    except (OSError, sqlite3.Error):
+        log.exception("could not spool a callback")
+        return _unavailable(state, "spool_error",
+                            "the message broker cannot take the message and the spool failed")
+    state.metrics.callbacks.labels("spooled", reason).inc()
+    state.metrics.spooled.labels(reason).inc()
+    return _json(200, {"status": "spooled", "id": callback.dedup_key})

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from botrelay.ingress.spool import Spool
 from botrelay.shared.basic_auth import BasicAuth
 from botrelay.shared.metrics import IngressMetrics
 from botrelay.shared.settings import Settings
@@ -18,6 +19,7 @@ class IngressState:
     broker: Broker
     metrics: IngressMetrics
     auth: BasicAuth | None
+    spool: Spool | None = None  # with BOTRELAY_SPOOL_DIR: opened by the app's cleanup_ctx
     closing: bool = False
 
 
