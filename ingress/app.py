@@ -21,6 +21,8 @@ from botrelay.shared.transport import Broker
 
 log = logging.getLogger("botrelay.ingress")
 
+SPOOL_DRAIN_ON_STOP = 5.0  # seconds; thousands of callbacks a second go when the broker is up
+
 
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
@@ -74,6 +76,12 @@ def make_app(settings: Settings, *, broker: Broker | None = None,
         forwarder = asyncio.create_task(
             Forwarder(spool, state.broker, settings, state.metrics).run(), name="spool-forwarder")
         yield
+        # Stopping for good (a pod deleted with its emptyDir, say): a few seconds for the
+        # forwarder to hand what it holds to a reachable broker before the process goes.
+        if state.broker.ready and not spool.empty:
+            log.info("forwarding %d spooled callbacks before stopping", spool.depth)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(spool.wait_empty(), SPOOL_DRAIN_ON_STOP)
         forwarder.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await forwarder

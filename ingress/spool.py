@@ -108,6 +108,8 @@ class Spool:
         self._queue: list[_Append] = []
         self._writer: asyncio.Task[None] | None = None
         self._nonempty = asyncio.Event()
+        self._empty = asyncio.Event()
+        self._empty.set()
         metrics.spool_oldest_age.set_function(self._oldest_age)
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -117,6 +119,7 @@ class Spool:
         self._publish_gauges()
         if self.depth:
             self._nonempty.set()
+            self._empty.clear()
             log.warning("spool %s holds %d callbacks (%d bytes) from before; forwarding them",
                         self.path, self.depth, self.bytes)
 
@@ -150,6 +153,7 @@ class Spool:
         # callback arriving meanwhile sees the spool non-empty and queues behind this one.
         self.bytes += size
         self.depth += 1
+        self._empty.clear()
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._queue.append(_Append((time.time(), message_id, hdrs, body, _crc(mid, hdrs, body)),
                                    size, future))
@@ -168,6 +172,8 @@ class Spool:
                     self.bytes -= a.size
                     self.depth -= 1
                     a.future.set_exception(exc)
+                if self.depth <= 0:
+                    self._empty.set()
                 self._publish_gauges()
                 continue
             if self._oldest is None:
@@ -181,6 +187,9 @@ class Spool:
 
     async def wait_nonempty(self) -> None:
         await self._nonempty.wait()
+
+    async def wait_empty(self) -> None:
+        await self._empty.wait()
 
     async def oldest(self, limit: int) -> list[Record]:
         """Up to ``limit`` committed records, oldest first. Damaged ones are logged, counted,
@@ -207,6 +216,7 @@ class Spool:
         if self.depth <= 0:
             self.depth, self.bytes = 0, 0
             self._nonempty.clear()
+            self._empty.set()
         self._publish_gauges()
 
     # --- helpers ------------------------------------------------------------------------------

@@ -310,3 +310,22 @@ async def test_callbacks_after_the_outage_queue_behind_the_spooled_ones(
     assert [m for m, *_ in broker.published] == [d["id"] for _, d in first] + [doc["id"]]
     status, doc = await post(client, 4)
     assert (status, doc["status"]) == (200, "queued")  # drained: straight to the broker
+
+
+async def test_stopping_ingress_forwards_its_spool_first(tmp_path: Path, client_for: Any) -> None:
+    """A pod's emptyDir goes with the pod: on a graceful stop with the broker reachable, the
+    ingress hands its spool over before it exits."""
+    await (await filled(tmp_path, 20)).close()
+    settings = Settings(prefix="tspool", spool_dir=str(tmp_path))
+    broker = FakeBroker(ready=True)
+    broker.gate.clear()  # confirms arrive only once the stop has begun
+    client = await client_for(settings, broker)
+    asyncio.get_running_loop().call_later(0.3, broker.gate.set)
+    await client.close()
+    assert [m for m, *_ in broker.published] == [f"m{i}" for i in range(20)]
+    left = Spool(tmp_path, 10_000_000, IngressMetrics())
+    await left.open()
+    try:
+        assert left.depth == 0
+    finally:
+        await left.close()
