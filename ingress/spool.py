@@ -33,6 +33,7 @@ from typing import Any
 
 import orjson
 
+from botrelay.shared.errors import BotrelayError
 from botrelay.shared.metrics import IngressMetrics
 
 log = logging.getLogger("botrelay.spool")
@@ -57,7 +58,11 @@ class SpoolFull(Exception):
     """Taking this callback would pass BOTRELAY_SPOOL_MAX_BYTES."""
 
 
-class SpoolLocked(RuntimeError):
+class SpoolUnavailable(BotrelayError):
+    """The spool directory cannot be opened: the ingress does not start (``botrelay: ...``)."""
+
+
+class SpoolLocked(SpoolUnavailable):
     """Another process already owns the spool directory."""
 
 
@@ -115,7 +120,11 @@ class Spool:
     # --- lifecycle ----------------------------------------------------------------------------
 
     async def open(self) -> None:
-        await self._run(self._open_sync)
+        try:
+            await self._run(self._open_sync)
+        except (OSError, sqlite3.Error) as exc:
+            self._executor.shutdown(wait=False)
+            raise SpoolUnavailable(f"cannot open the spool in {self.directory}: {exc}") from exc
         self._publish_gauges()
         if self.depth:
             self._nonempty.set()
@@ -243,7 +252,16 @@ class Spool:
             raise SpoolLocked(f"another process uses the spool in {self.directory}") from None
         self._lock_fd = fd
         try:
+            self._open_db()
+        except BaseException:
+            self._close_sync()
+            raise
+
+    def _open_db(self) -> None:
+        try:
             self._db = self._connect()
+        except sqlite3.OperationalError:
+            raise  # the disk or the directory, not the file's content: nothing to move aside
         except sqlite3.DatabaseError as exc:
             aside = self.path.with_name(f"{DB_NAME}.corrupt-{int(time.time())}")
             log.error("the spool %s is not a readable database (%s); moved it to %s and "
@@ -268,7 +286,7 @@ class Spool:
             db.execute("PRAGMA auto_vacuum=INCREMENTAL")
             mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode != "wal":
-                raise sqlite3.DatabaseError(f"journal_mode is {mode}, not wal")
+                raise sqlite3.OperationalError(f"journal_mode is {mode}, not wal")
             # FULL: every commit is fsync'd before it returns; the 200 comes after that.
             db.execute("PRAGMA synchronous=FULL")
             db.execute(_SCHEMA)

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
+from botrelay.ingress.state import STATE
 from botrelay.worker.service import Worker
 from examples.echo_bot import bot
 from tests.chaos.stream import Stream, queue_report, run_with_fault
@@ -25,10 +27,15 @@ def spool_dir(spool: bool, tmp_path: Path) -> str | None:
     return str(tmp_path / "spool") if spool else None
 
 
-def check_reposts(stream: Stream, spool: bool) -> None:
-    """The fault hit the stream: re-posts after 503s without a spool, none with one."""
+def check_reposts(stream: Stream, spool: bool, ingress: Any) -> None:
+    """The fault hit the stream: re-posts after 503s without a spool; with one, callbacks
+    spooled and no re-post."""
     if spool:
         assert stream.retries == 0 and set(stream.seen) == {200}, stream.seen
+        registry = ingress.app[STATE].metrics.registry
+        spooled = sum(registry.get_sample_value("botrelay_spool_spooled_total", {"reason": r})
+                      or 0 for r in ("broker_down", "timeout", "backlog"))
+        assert spooled > 0, "the fault did not reach the spool"
     else:
         assert stream.retries > 0, "the fault did not hit the stream"
 
@@ -69,7 +76,7 @@ async def test_broker_connections_cut_during_a_stream(make_settings, start_ingre
     # Without a spool readiness follows the broker connection; a spool with room takes
     # callbacks, so the ingress stays in the load balancer.
     assert ready == ([200, 200] if spool else [503, 200])
-    check_reposts(stream, spool)
+    check_reposts(stream, spool, ingress)
     assert figures.accepted == figures.sent
     assert figures.lost == 0, queues
     assert figures.duplicated == 0
@@ -99,7 +106,7 @@ async def test_broker_cut_twice_in_quick_succession(make_settings, start_ingress
         await asyncio.wait_for(worker.until_idle(), 30)
         queues = await queue_report(amqp_url, settings)
     if spool:
-        check_reposts(stream, spool)
+        check_reposts(stream, spool, ingress)
     assert figures.lost == 0, queues
     assert figures.duplicated == 0
 
@@ -129,6 +136,6 @@ async def test_broker_black_hole_during_a_stream(make_settings, start_ingress, f
             fault, note="confirms time out: " + ("spooled" if spool else "503, re-posted"))
         await asyncio.wait_for(worker.until_idle(), 30)
         queues = await queue_report(amqp_url, settings)
-    check_reposts(stream, spool)
+    check_reposts(stream, spool, ingress)
     assert figures.lost == 0, queues
     assert figures.duplicated == 0

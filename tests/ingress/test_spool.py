@@ -20,7 +20,13 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from botrelay.ingress.app import make_app
 from botrelay.ingress.forwarder import Forwarder
-from botrelay.ingress.spool import DB_NAME, Spool, SpoolFull, SpoolLocked
+from botrelay.ingress.spool import (
+    DB_NAME,
+    Spool,
+    SpoolFull,
+    SpoolLocked,
+    SpoolUnavailable,
+)
 from botrelay.ingress.state import STATE
 from botrelay.shared.broker import BrokerUnavailable
 from botrelay.shared.headers import CONVERSATION
@@ -110,10 +116,16 @@ async def test_restart_keeps_every_record_in_order(tmp_path: Path) -> None:
 async def test_one_process_per_directory(tmp_path: Path) -> None:
     spool = await filled(tmp_path, 0)
     try:
-        with pytest.raises(SpoolLocked):
+        with pytest.raises(SpoolLocked, match="another process uses the spool"):
             await Spool(tmp_path, 1000, IngressMetrics()).open()
     finally:
         await spool.close()
+
+
+async def test_a_directory_that_cannot_be_made_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(SpoolUnavailable, match="cannot open the spool in"):
+        await Spool(tmp_path / "file" / "spool", 1000, IngressMetrics()).open()
 
 
 async def test_torn_last_record_is_dropped_and_the_rest_kept(tmp_path: Path) -> None:
