@@ -73,10 +73,7 @@ class Record:
     message_id: str
     headers: dict[str, Any]
     body: bytes
-
-    @property
-    def size(self) -> int:
-        return _size(self.message_id.encode(), orjson.dumps(self.headers), self.body)
+    size: int  # as stored, what it counts against BOTRELAY_SPOOL_MAX_BYTES
 
 
 def _size(message_id: bytes, headers: bytes, body: bytes) -> int:
@@ -331,7 +328,7 @@ class Spool:
                 if not isinstance(decoded, dict):
                     raise ValueError("headers are not an object")
                 records.append(Record(int(id_), float(received_at), mid.decode(), decoded,
-                                      body))
+                                      body, _size(mid, headers, body)))
             except (ValueError, UnicodeDecodeError) as exc:
                 # Never the body in the log: it is a user's message.
                 log.error("spool record %s is damaged (%s); skipped", id_, exc)
