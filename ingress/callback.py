@@ -1,16 +1,13 @@
 """``POST /callback``: the one hot path. Each answer is in the design's table:
 
 auth 401 -> size 413 -> content type 415 -> slow body 408 -> JSON/shape 400 -> ignored 200 ->
-publish -> 200 queued / 200 spooled / 503.
-Nothing is published unless every check passed; 200 "queued" only after the broker's confirm,
-200 "spooled" only after the callback is on disk (``ingress/spool.py``).
+publish -> 200 / 503.
+Nothing is published unless every check passed; 200 "queued" only after the broker's confirm.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import sqlite3
 import time
 from typing import Any
 
@@ -19,7 +16,7 @@ from aio_pika.exceptions import DeliveryError
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from botrelay.ingress.spool import Spool, SpoolFull
+from botrelay.ingress.spool import Spool, SpoolFull, SpoolUnavailable
 from botrelay.ingress.state import STATE, IngressState
 from botrelay.shared.broker import PUBLISH_ERRORS, BrokerUnavailable
 from botrelay.shared.errors import PayloadError
@@ -27,8 +24,6 @@ from botrelay.shared.headers import ATTEMPT, CONVERSATION, RECEIVED_AT, TRIGGER
 from botrelay.shared.model import Callback
 from botrelay.shared.payloads import parse_body
 from botrelay.shared.topology import inbound_key
-
-log = logging.getLogger("botrelay.ingress")
 
 # How long a sender should wait after a 503 before posting again.
 RETRY_AFTER_SECONDS = "2"
@@ -48,8 +43,8 @@ def _reject(state: IngressState, status: int, reason: str, error: str, detail: s
 
 
 def _unavailable(state: IngressState, reason: str, detail: str) -> web.Response:
-    """503 with Retry-After; ``reason``: shutting_down, broker_down, timeout, queue_full,
-    refused, spool_full or spool_error (the metric's label)."""
+    """503 with Retry-After; ``reason``: shutting_down, broker_down, timeout, queue_full or
+    refused (the metric's label)."""
     state.metrics.callbacks.labels("unavailable", reason).inc()
     return _json(
         503,
@@ -135,7 +130,8 @@ async def _publish_or_spool(state: IngressState, body: bytes, callback: Callback
                             ) -> web.Response:
     """Publish with confirm: 200 "queued". With a spool, a callback the broker cannot take (or
     one arriving while older ones wait in the spool, so it stays behind them) is written to
-    disk instead: 200 "spooled". A nack (queue full) is back-pressure: 503 either way."""
+    disk instead: 200 "spooled", only once it is on disk. A nack (queue full) is back-pressure:
+    503 either way, as is a full spool (reasons spool_full, spool_error)."""
     settings, spool = state.settings, state.spool
     headers: dict[str, Any] = {
         ATTEMPT: 1,
@@ -181,8 +177,7 @@ async def _spool(state: IngressState, spool: Spool, body: bytes, callback: Callb
     except SpoolFull:
         return _unavailable(state, "spool_full",
                             "the message broker cannot take the message and the spool is full")
-    except (OSError, sqlite3.Error):
-        log.exception("could not spool a callback")
+    except SpoolUnavailable:  # the disk failed the write; the spool logged why
         return _unavailable(state, "spool_error",
                             "the message broker cannot take the message and the spool failed")
     state.metrics.callbacks.labels("spooled", reason).inc()

@@ -149,7 +149,7 @@ class Spool:
 
     async def append(self, body: bytes, message_id: str, headers: dict[str, Any]) -> int:
         """Store one callback and return its id once the commit is on disk; ``SpoolFull`` when
-        it would pass the bound."""
+        it would pass the bound, ``SpoolUnavailable`` when the write failed."""
         mid, hdrs = message_id.encode(), orjson.dumps(headers)
         size = _size(mid, hdrs, body)
         if self.bytes + size > self.max_bytes:
@@ -174,10 +174,11 @@ class Spool:
                 ids = await self._run(self._insert_sync, [a.row for a in batch])
             except Exception as exc:
                 log.error("could not write %d callbacks to the spool: %r", len(batch), exc)
+                failed = SpoolUnavailable(f"could not write to the spool: {exc!r}")
                 for a in batch:
                     self.bytes -= a.size
                     self.depth -= 1
-                    a.future.set_exception(exc)
+                    a.future.set_exception(failed)
                 if self.depth <= 0:
                     self._empty.set()
                 self._publish_gauges()

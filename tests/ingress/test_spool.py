@@ -341,3 +341,24 @@ async def test_stopping_ingress_forwards_its_spool_first(tmp_path: Path, client_
         assert left.depth == 0
     finally:
         await left.close()
+
+
+async def test_a_failed_write_answers_503_and_counts_nothing(
+        tmp_path: Path, client_for: Any, caplog: pytest.LogCaptureFixture) -> None:
+    settings = Settings(prefix="tspool", spool_dir=str(tmp_path))
+    client = await client_for(settings, FakeBroker(ready=False))
+    spool = client.server.app[STATE].spool
+    assert spool is not None
+
+    def disk_error(rows: Any) -> list[int]:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    spool._insert_sync = disk_error  # type: ignore[method-assign]
+    with caplog.at_level(logging.ERROR, "botrelay.spool"):
+        status, doc = await post(client, 1)
+    assert status == 503 and doc["error"] == "service unavailable"
+    assert (spool.depth, spool.bytes, spool.empty) == (0, 0, True)
+    assert any("could not write 1 callbacks" in r.getMessage() for r in caplog.records)
+    metrics = client.server.app[STATE].metrics
+    assert metrics.registry.get_sample_value(
+        "botrelay_callbacks_total", {"outcome": "unavailable", "reason": "spool_error"}) == 1
