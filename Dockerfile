@@ -13,10 +13,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels \
-    && useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin botrelay
+    && useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin botrelay \
+    && install -d -o 10001 -m 0700 /var/lib/botrelay/spool
 # Bots live in /app, which `--app` imports from: the build copies the folder BOT_DIR of the
 # context there (`docker build --build-arg BOT_DIR=mybot .`, then `--app mybot.bot:bot`), or
 # mount your code at /app. The default is examples/, so `--app examples.echo_bot:bot` runs.
+# /var/lib/botrelay/spool is the ingress's BOTRELAY_SPOOL_DIR in compose.yaml and deploy/k8s;
+# it exists here, owned by the botrelay user, so a fresh volume mounted there is writable.
 ARG BOT_DIR=examples
 WORKDIR /app
 COPY ${BOT_DIR} /app/${BOT_DIR}

@@ -43,11 +43,14 @@ def plan(args: argparse.Namespace, logdir: Path) -> tuple[list[Step], list[str]]
     if want("ingress"):
         # botrelay twice: on one quorum queue like the baseline (ordering=none), and on the 16
         # partition queues of the default ordering=conversation.
-        for who, ordering in (("baseline", "none"), ("botrelay", "none"),
-                              ("botrelay", "conversation")):
-            steps.append((f"ingress {who} {ordering}", lambda who=who, ordering=ordering:
+        # The last one has BOTRELAY_SPOOL_DIR set: the idle spool's cost on the hot path.
+        for who, ordering, spool in (("baseline", "none", False), ("botrelay", "none", False),
+                                     ("botrelay", "conversation", False),
+                                     ("botrelay", "conversation", True)):
+            steps.append((f"ingress {who} {ordering}" + (" spool" if spool else ""),
+                          lambda who=who, ordering=ordering, spool=spool:
                           ingress_bench.run(who, duration, logdir, warmup=0.0 if smoke else 2.0,
-                                            ordering=ordering)))
+                                            ordering=ordering, spool=spool)))
     if want("drain"):
         contenders = ["baseline", "faststream", "memory", "redis"]
         if importlib.util.find_spec("faststream") is None:

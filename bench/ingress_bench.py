@@ -72,8 +72,10 @@ def _load(url: str, duration: float, auth: str | None, cpu: int, logdir: Path
 
 
 async def run(contender: str, duration: float, logdir: Path, warmup: float = 1.0,
-              ordering: str = "conversation") -> dict[str, Any]:
-    """``contender``: ``baseline`` (1) or ``botrelay``."""
+              ordering: str = "conversation", spool: bool = False) -> dict[str, Any]:
+    """``contender``: ``baseline`` (1) or ``botrelay``; ``spool``: botrelay with
+    BOTRELAY_SPOOL_DIR set. The broker stays up, so the spool is idle: what it costs a callback
+    then is one look at its depth."""
     prefix = new_prefix(f"ingress-{contender}")
     port = free_port()
     server_cpu, load_cpu = core(0), core(1)
@@ -92,6 +94,8 @@ async def run(contender: str, duration: float, logdir: Path, warmup: float = 1.0
                "BOTRELAY_HOST": "127.0.0.1", "BOTRELAY_CALLBACK_USERNAME": USERNAME,
                "BOTRELAY_CALLBACK_PASSWORD": PASSWORD,
                "BOTRELAY_COMETCHAT_APPS_FILE": apps_file(), "BOTRELAY_METRICS_PORT": "0"}
+        if spool:
+            env["BOTRELAY_SPOOL_DIR"] = str(logdir / f"spool-{prefix}")
         child = spawn("ingress-botrelay", python("-m", "botrelay", "ingress"), env, server_cpu,
                       logdir)
         ready = f"http://127.0.0.1:{port}/readyz"
@@ -110,6 +114,7 @@ async def run(contender: str, duration: float, logdir: Path, warmup: float = 1.0
         child.stop()
         await cleanup(prefix, queues=[queue], settings=settings)
     name = _name(contender) + ("" if contender == "baseline" else f", ordering={ordering}")
+    name += ", spool idle" if spool else ""
     return {"scenario": "ingress", "contender": name, **figures,
             "cores": {"server": server_cpu, figures["tool"]: load_cpu,
                       "rabbitmq": "unpinned"}}

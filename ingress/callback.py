@@ -17,6 +17,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from botrelay.ingress.access import Owners, Verdict
+from botrelay.ingress.spool import Spool, SpoolFull, SpoolUnavailable
 from botrelay.ingress.state import STATE, IngressState
 from botrelay.shared.broker import PUBLISH_ERRORS, BrokerUnavailable
 from botrelay.shared.errors import PayloadError
@@ -140,27 +141,63 @@ async def _answer(request: web.Request, state: IngressState) -> web.Response:
     if state.closing:
         return _unavailable(state, "shutting_down", "shutting down")
 
+    return await _publish_or_spool(state, body, callback)
+
+
+async def _publish_or_spool(state: IngressState, body: bytes, callback: Callback
+                            ) -> web.Response:
+    """Publish with confirm: 200 "queued". With a spool, a callback the broker cannot take (or
+    one arriving while older ones wait in the spool, so it stays behind them) is written to
+    disk instead: 200 "spooled", only once it is on disk. A nack (queue full) is back-pressure:
+    503 either way, as is a full spool (reasons spool_full, spool_error)."""
+    settings, spool = state.settings, state.spool
+    headers: dict[str, Any] = {
+        ATTEMPT: 1,
+        RECEIVED_AT: int(time.time() * 1000),
+        TRIGGER: callback.trigger,
+        CONVERSATION: callback.conversation_id,
+    }
+    if spool is not None and not spool.empty:
+        return await _spool(state, spool, body, callback, headers, "backlog")
     try:
         await state.broker.publish_callback(
             body,
             inbound_key(settings, callback.conversation_id),
             message_id=callback.dedup_key,
-            headers={
-                ATTEMPT: 1,
-                RECEIVED_AT: int(time.time() * 1000),
-                TRIGGER: callback.trigger,
-                CONVERSATION: callback.conversation_id,
-            },
+            headers=headers,
             timeout=settings.publish_timeout,
         )
     except BrokerUnavailable:
+        if spool is not None:
+            return await _spool(state, spool, body, callback, headers, "broker_down")
         return _unavailable(state, "broker_down", "the message broker is not reachable")
     except TimeoutError:
+        if spool is not None:
+            return await _spool(state, spool, body, callback, headers, "timeout")
         return _unavailable(state, "timeout", "the message broker did not confirm in time")
     except PUBLISH_ERRORS as exc:
         # A nack is what a full inbound queue (x-overflow reject-publish) answers.
-        reason = "queue_full" if isinstance(exc, DeliveryError) else "refused"
-        return _unavailable(state, reason,
+        if isinstance(exc, DeliveryError):
+            return _unavailable(state, "queue_full", f"the message broker refused the message "
+                                f"({type(exc).__name__})")
+        if spool is not None:
+            return await _spool(state, spool, body, callback, headers, "broker_down")
+        return _unavailable(state, "refused",
                             f"the message broker refused the message ({type(exc).__name__})")
     state.metrics.queued.inc()
     return _json(200, {"status": "queued", "id": callback.dedup_key})
+
+
+async def _spool(state: IngressState, spool: Spool, body: bytes, callback: Callback,
+                 headers: dict[str, Any], reason: str) -> web.Response:
+    try:
+        await spool.append(body, callback.dedup_key, headers)
+    except SpoolFull:
+        return _unavailable(state, "spool_full",
+                            "the message broker cannot take the message and the spool is full")
+    except SpoolUnavailable:  # the disk failed the write; the spool logged why
+        return _unavailable(state, "spool_error",
+                            "the message broker cannot take the message and the spool failed")
+    state.metrics.callbacks.labels("spooled", reason).inc()
+    state.metrics.spooled.labels(reason).inc()
+    return _json(200, {"status": "spooled", "id": callback.dedup_key})

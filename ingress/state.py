@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from botrelay.ingress.access import CallbackAccess
+from botrelay.ingress.spool import Spool
 from botrelay.shared.metrics import IngressMetrics
 from botrelay.shared.settings import Settings
 from botrelay.shared.transport import Broker
@@ -18,6 +19,7 @@ class IngressState:
     broker: Broker
     metrics: IngressMetrics
     access: CallbackAccess
+    spool: Spool | None = None  # with BOTRELAY_SPOOL_DIR: opened by the app's cleanup_ctx
     closing: bool = False
 
 

@@ -30,6 +30,39 @@ class IngressMetrics:
             buckets=_BUCKETS,
             registry=self.registry,
         )
+        # The disk spool (``ingress/spool.py``): what it took, holds and handed to the broker.
+        self.spooled = Counter(
+            "botrelay_spool_spooled_total",
+            "Callbacks written to the ingress's spool, by why they could not be published "
+            "(broker_down, timeout, backlog).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.spool_depth = Gauge(
+            "botrelay_spool_depth",
+            "Callbacks in the ingress's spool, waiting to be forwarded.",
+            registry=self.registry,
+        )
+        self.spool_bytes = Gauge(
+            "botrelay_spool_bytes",
+            "Bytes of callbacks in the ingress's spool (what BOTRELAY_SPOOL_MAX_BYTES bounds).",
+            registry=self.registry,
+        )
+        self.spool_oldest_age = Gauge(
+            "botrelay_spool_oldest_age_seconds",
+            "Age of the oldest callback in the ingress's spool (0 when empty).",
+            registry=self.registry,
+        )
+        self.spool_forwarded = Counter(
+            "botrelay_spool_forwarded_total",
+            "Spooled callbacks published to the broker with a confirm, then deleted.",
+            registry=self.registry,
+        )
+        self.spool_corrupt = Counter(
+            "botrelay_spool_corrupt_total",
+            "Spool records that failed their checksum or could not be decoded, skipped.",
+            registry=self.registry,
+        )
 
 
 class WorkerMetrics:

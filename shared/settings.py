@@ -175,6 +175,15 @@ class Settings:
         default=5.0, metadata=_env("BOTRELAY_BODY_TIMEOUT", _positive_float)
     )
 
+    # The ingress's disk spool (``ingress/spool.py``): unset, a callback the broker cannot take
+    # is answered 503; set, it is kept on disk, answered 200 "spooled" and forwarded later.
+    # Off by default because the directory must be on a volume that outlives the process (and is
+    # one per replica); compose.yaml and deploy/k8s turn it on.
+    spool_dir: str | None = field(default=None, metadata=_env("BOTRELAY_SPOOL_DIR"))
+    spool_max_bytes: int = field(
+        default=1024 * 1024 * 1024, metadata=_env("BOTRELAY_SPOOL_MAX_BYTES", _positive_int)
+    )
+
     # The operator's console (``botrelay console``): Basic auth it requires, unless
     # BOTRELAY_CONSOLE_AUTH=none says it runs behind something that authenticates.
     console_username: str | None = field(

@@ -146,8 +146,10 @@ class Consumer:
             await self.process(delivery)
         finally:
             self._running.discard(task)
-            if turn is not None and not turn.done():
-                turn.cancel()  # cancelled while waiting: leave the line, the holder skips it
+            if turn is not None and (not turn.done() or turn.cancelled()):
+                # Cancelled while waiting (cancelling the task cancels the awaited turn too):
+                # leave the line, the holder skips it. Only a turn that was handed over passes on.
+                turn.cancel()
             else:
                 self._next_in_line(conversation)
             self.in_flight -= 1

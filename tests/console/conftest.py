@@ -191,13 +191,14 @@ async def stop_process(proc: subprocess.Popen[bytes]) -> None:
 
 @pytest.fixture
 async def pipeline(make_settings: Any, start_ingress: Any, fake_api: Any,
-                   tmp_path: Path) -> AsyncIterator[Pipeline]:
+                   ingress_metrics_url: Any, tmp_path: Path) -> AsyncIterator[Pipeline]:
     """Workers in BOTRELAY_ORDERING=none, four dead letters (three permanent, one transient)
     from callbacks the failing bot cannot handle, some answered traffic for the charts, and a
     console started with the default ordering (not the workers')."""
     failing_bot.HEALED["value"] = False
     settings = make_settings(ordering="none", max_attempts=2, retry_delays=(0.2,))
     ingress = await start_ingress(settings)
+    ingress_metrics = await ingress_metrics_url(ingress)
     worker = Worker(settings, failing_bot.bot)
     await worker.start()
     metrics_port = free_port()
@@ -206,7 +207,7 @@ async def pipeline(make_settings: Any, start_ingress: Any, fake_api: Any,
     env = {"BOTRELAY_CONSOLE_USERNAME": USER, "BOTRELAY_CONSOLE_PASSWORD": PASSWORD,
            "BOTRELAY_ORDERING": ""}  # empty: unset, so the console runs with the default
     args = ["--host", "127.0.0.1", "--port", str(console_port), "--sample-seconds", "0.5",
-            "--metrics-url", f"{ingress.url}/metrics",
+            "--metrics-url", ingress_metrics,
             "--metrics-url", f"http://127.0.0.1:{metrics_port}/metrics"]
     console = await start_console(settings, env, args, tmp_path / "console.log")
     try:

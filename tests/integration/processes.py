@@ -61,15 +61,21 @@ class IngressProcess:
         self.log_path = log_path
         self.extra_env = extra_env or {}
         self.proc: subprocess.Popen[bytes] | None = None
+        self.metrics_port = free_port()  # /metrics is served apart from the callback port
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def metrics_base(self) -> str:
+        """Where ``GET /metrics`` of this ingress is served."""
+        return f"http://127.0.0.1:{self.metrics_port}"
+
     def spawn(self) -> subprocess.Popen[bytes]:
         env = settings_env(self.settings)
         env.update({"BOTRELAY_HOST": "127.0.0.1", "BOTRELAY_PORT": str(self.port),
-                    "BOTRELAY_METRICS_PORT": "0", **self.extra_env})
+                    "BOTRELAY_METRICS_PORT": str(self.metrics_port), **self.extra_env})
         with open(self.log_path, "ab") as out:
             return subprocess.Popen([sys.executable, "-m", "botrelay", "ingress"], env=env,
                                     cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
