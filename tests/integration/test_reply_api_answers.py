@@ -68,13 +68,16 @@ async def reset_api() -> AsyncIterator[tuple[ResetOnlyApi, str]]:
     await runner.cleanup()
 
 
+# Two paths honour the reset: the reply client's own wait before its next attempt, and the
+# outbound rate limiter holding the app back after a 429. Each must do it alone.
+@pytest.mark.parametrize("rate_limit_app", [0.0, 20_000.0], ids=["client-alone", "with-limiter"])
 async def test_x_ratelimit_reset_holds_the_next_attempt_until_the_reset(
-        make_settings, start_ingress, reset_api):
+        make_settings, start_ingress, reset_api, rate_limit_app):
     api, base = reset_api
     # The budget covers the wait, so the retry happens inline and its timing is the client's
     # own; a client ignoring the header would retry after its ~0.1 s backoff.
     settings = make_settings(cometchat_api_base=base, reply_budget=4.0, dedup_lease=15.0,
-                             handler_timeout=2.0)
+                             handler_timeout=2.0, rate_limit_app=rate_limit_app)
     ingress = await start_ingress(settings)
     async with Worker(settings, bot) as worker:
         assert await post_all(f"{ingress.url}/callback", [text_callback("8002", "later")]) \
