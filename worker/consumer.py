@@ -146,15 +146,18 @@ class Consumer:
             await self.process(delivery)
         finally:
             self._running.discard(task)
-            if turn is not None and (not turn.done() or turn.cancelled()):
-                # Cancelled while waiting (cancelling the task cancels the awaited turn too):
-                # leave the line, the holder skips it. Only a turn that was handed over passes on.
-                turn.cancel()
-            else:
-                self._next_in_line(conversation)
-            self.in_flight -= 1
-            if self.in_flight == 0:
-                self.idle.set()
+            try:
+                # Only the holder of the turn passes it on. A waiter cancelled in line (the
+                # connection dropped) finds its turn cancelled with it, or still pending: it
+                # just leaves, and the holder skips it.
+                if turn is None or (turn.done() and not turn.cancelled()):
+                    self._next_in_line(conversation)
+                else:
+                    turn.cancel()
+            finally:
+                self.in_flight -= 1
+                if self.in_flight == 0:
+                    self.idle.set()
 
     def _next_in_line(self, conversation: str) -> None:
         line = self._lines[conversation]
