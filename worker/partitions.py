@@ -278,16 +278,18 @@ class PartitionManager:
         try:
             await self.cancel(topology.partition_queue(self.settings.prefix, n), tag)
             cancelled = time.monotonic()
+            deadline = cancelled + settle
             # Deliveries that arrived before the cancel was confirmed start as tasks of their
             # own: let them start (and count themselves) before looking at what is in flight.
             for _ in range(3):
                 await asyncio.sleep(0)
             if self.in_flight.get(n):
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._settled[n].wait(), settle)
+                    await asyncio.wait_for(self._settled[n].wait(),
+                                           max(0.0, deadline - time.monotonic()))
             if not lost:
-                left = RETURN_WINDOW - (time.monotonic() - cancelled)
-                await asyncio.sleep(max(0.0, min(left, settle)))
+                until = min(cancelled + RETURN_WINDOW, deadline)
+                await asyncio.sleep(max(0.0, until - time.monotonic()))
                 await self.leases.release(n)
             log.info("handed over partition %d", n)
         finally:
