@@ -115,15 +115,13 @@ class Worker:
         assert channel is not None
         # BrokerLink's channels come from connect_robust: robust channels, which reopen.
         self.subscriptions = Subscriptions(cast(AbstractRobustChannel, channel),
-                                           self.consumer.on_delivery,
-                                           open_channel=self._open_channel)
+                                           self.consumer.on_delivery)
         self._inbound = topology.inbound_queue(self.settings.prefix)
         await self.subscriptions.add(self._inbound, self.settings.concurrency)
         if self.settings.ordering == "conversation":
             self.partitions = PartitionManager(self.settings, self._leases(),
                                                self.consumer.on_delivery,
-                                               self._subscribe, self._unsubscribe,
-                                               detach=self._detach)
+                                               self._subscribe, self._unsubscribe)
             await self.partitions.rebalance()
             self._tasks.append(asyncio.create_task(self.partitions.run(), name="partitions"))
         self._tasks.append(asyncio.create_task(self._sample_depths(), name="queue-depths"))
@@ -143,23 +141,13 @@ class Worker:
                                               socket_connect_timeout=2.0)
         return RedisLeases(self._redis, self.settings.prefix, self.liveness)
 
-    async def _open_channel(self) -> AbstractRobustChannel:
-        connection = self.broker.connection
-        assert connection is not None
-        return await connection.channel(publisher_confirms=False)
-
     async def _subscribe(self, name: str, prefetch: int, callback: Any) -> str:
         assert self.subscriptions is not None
-        # A channel per partition: handing one over closes it (``Subscriptions.detach``).
-        return await self.subscriptions.add(name, prefetch, callback, dedicated=True)
+        return await self.subscriptions.add(name, prefetch, callback)
 
     async def _unsubscribe(self, name: str, tag: str) -> None:
         if self.subscriptions is not None:
             await self.subscriptions.remove(name)
-
-    async def _detach(self, name: str) -> None:
-        if self.subscriptions is not None:
-            await self.subscriptions.detach(name)
 
     async def serve_metrics(self, port: int, host: str = "0.0.0.0") -> None:
         app = web.Application()

@@ -108,58 +108,30 @@ class _Acks:
             task.add_done_callback(self._writes.discard)
 
 
-OpenChannel = Callable[[], Awaitable[AbstractRobustChannel]]
-
-
 class Subscriptions:
-    """``open_channel``: makes a channel of its own for a subscription added with
-    ``dedicated=True`` (a partition): ``detach`` closes it, which makes the broker put back at
-    once whatever it still held for that consumer (after a mere cancel, RabbitMQ 3.10's quorum
-    queues can keep a message they had handed to the consumer without sending it, and return it
-    seconds later: a hand-over's next owner would get it after its successors)."""
-
-    def __init__(self, channel: AbstractRobustChannel, on_delivery: OnDelivery,
-                 open_channel: OpenChannel | None = None) -> None:
+    def __init__(self, channel: AbstractRobustChannel, on_delivery: OnDelivery) -> None:
         self.channel = channel
         self.on_delivery = on_delivery
-        self.open_channel = open_channel
         # queue -> (prefetch, callback, consumer tag on the current channel)
         self._wanted: dict[str, tuple[int, OnDelivery, str | None]] = {}
-        self._own: dict[str, AbstractRobustChannel] = {}  # dedicated queue -> its channel
         channel.reopen_callbacks.add(self._restore)
 
-    async def add(self, queue: str, prefetch: int, callback: OnDelivery | None = None, *,
-                  dedicated: bool = False) -> str:
+    async def add(self, queue: str, prefetch: int, callback: OnDelivery | None = None) -> str:
         """Consume ``queue`` with its own prefetch; returns ``queue``, the handle for
         ``remove``."""
         handler = callback or self.on_delivery
-        if dedicated and self.open_channel is not None and queue not in self._own:
-            own = self._own[queue] = await self.open_channel()
-            own.reopen_callbacks.add(self._restore)
         self._wanted[queue] = (prefetch, handler, None)
         tag = await self._consume(queue, prefetch, handler)
         self._wanted[queue] = (prefetch, handler, tag)
         return queue
-
-    def _channel_of(self, queue: str) -> AbstractRobustChannel:
-        return self._own.get(queue, self.channel)
 
     async def remove(self, queue: str) -> None:
         """Stop consuming ``queue``; deliveries already handed out still settle."""
         wanted = self._wanted.pop(queue, None)
         if wanted is not None and wanted[2] is not None:
             with contextlib.suppress(Exception):
-                underlay = await self._channel_of(queue).get_underlay_channel()
+                underlay = await self.channel.get_underlay_channel()
                 await underlay.basic_cancel(wanted[2])
-
-    async def detach(self, queue: str) -> None:
-        """Close ``queue``'s own channel (after ``remove``, once its deliveries are settled)."""
-        own = self._own.pop(queue, None)
-        if own is not None:
-            own.reopen_callbacks.discard(self._restore)
-            await asyncio.sleep(0)  # the acks of this turn are written before the close
-            with contextlib.suppress(Exception):
-                await own.close()
 
     async def remove_all(self) -> None:
         for queue in list(self._wanted):
@@ -167,11 +139,9 @@ class Subscriptions:
 
     def close(self) -> None:
         self.channel.reopen_callbacks.discard(self._restore)
-        for own in self._own.values():
-            own.reopen_callbacks.discard(self._restore)
 
     async def _consume(self, queue: str, prefetch: int, handler: OnDelivery) -> str:
-        underlay = cast(aiormq.Channel, await self._channel_of(queue).get_underlay_channel())
+        underlay = cast(aiormq.Channel, await self.channel.get_underlay_channel())
         # Quorum queues apply prefetch per consumer: set it right before each subscription.
         await underlay.basic_qos(prefetch_count=prefetch)
 
@@ -181,14 +151,8 @@ class Subscriptions:
         result = await underlay.basic_consume(queue, deliver)
         return cast(str, result.consumer_tag)
 
-    async def _restore(self, channel: Any = None, *_: Any) -> None:
-        """``channel`` reopened: consume again what it carried."""
+    async def _restore(self, *_: Any) -> None:
         for queue, (prefetch, handler, _tag) in list(self._wanted.items()):
-            own = self._own.get(queue)
-            if channel is not None and own is not None and own is not channel:
-                continue
-            if channel is not None and own is None and channel is not self.channel:
-                continue
             try:
                 tag = await self._consume(queue, prefetch, handler)
             except Exception:
