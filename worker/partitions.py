@@ -262,19 +262,24 @@ class PartitionManager:
                 self.active[n] = await self.subscribe(queue, self._prefetch(), self._callback(n))
                 log.info("took partition %d", n, extra={"worker": me})
 
-    def _start_release(self, n: int, *, lost: bool, settle: float | None = None) -> None:
+    def _start_release(self, n: int, *, lost: bool, settle: float | None = None,
+                       hold: bool = True) -> None:
         """``settle``: how long to wait for the partition's deliveries; by default as long as
         one may hold its dedup claim (``BOTRELAY_DEDUP_LEASE``), past which it could be
         answered elsewhere anyway."""
         tag = self.active.pop(n)
         self.releasing.add(n)
         wait = self.settings.dedup_lease if settle is None else settle
-        task = asyncio.create_task(self._release(n, tag, lost=lost, settle=wait),
+        task = asyncio.create_task(self._release(n, tag, lost=lost, settle=wait, hold=hold),
                                    name=f"release-{n}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _release(self, n: int, tag: str, *, lost: bool, settle: float) -> None:
+    async def _release(self, n: int, tag: str, *, lost: bool, settle: float,
+                       hold: bool = True) -> None:
+        """``hold``: keep the lease for ``RETURN_WINDOW`` after the cancel. A stopping worker
+        does not: closing its connection moments later puts back at once whatever the broker
+        still held for it."""
         try:
             await self.cancel(topology.partition_queue(self.settings.prefix, n), tag)
             cancelled = time.monotonic()
@@ -288,7 +293,7 @@ class PartitionManager:
                     await asyncio.wait_for(self._settled[n].wait(),
                                            max(0.0, deadline - time.monotonic()))
             if not lost:
-                until = min(cancelled + RETURN_WINDOW, deadline)
+                until = min(cancelled + (RETURN_WINDOW if hold else 0.0), deadline)
                 await asyncio.sleep(max(0.0, until - time.monotonic()))
                 await self.leases.release(n)
             log.info("handed over partition %d", n)
@@ -315,7 +320,7 @@ class PartitionManager:
         seconds: the worker's share of its shutdown grace) and leave the group."""
         wait = self.settings.shutdown_grace if settle is None else settle
         for n in list(self.active):
-            self._start_release(n, lost=False, settle=wait)
+            self._start_release(n, lost=False, settle=wait, hold=False)
         if self._tasks:
             keeper = asyncio.create_task(self._keep_leased(), name="keep-leased")
             try:
