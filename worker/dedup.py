@@ -27,6 +27,7 @@ paused worker) is parked behind it instead of overtaking it.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 import secrets
@@ -234,6 +235,10 @@ end
 return 0
 """
 
+# How long a claim waits for this worker's liveness to come back (a new session) before the
+# message is delayed instead: a few heartbeats.
+CLAIM_WAIT = 2.0
+
 _REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
 
@@ -280,9 +285,23 @@ class RedisDedup:
         return [f"{self.prefix}:pen:{pen}", f"{self.prefix}:pendelay:{pen}"]
 
     async def claim(self, key: str, pen: str | None = None) -> Claim:
+        """A lapsed liveness (a pause, a slow Redis) waits for the next heartbeat's new session
+        instead of failing at once: a message delayed without a claim would let the next one
+        of its conversation overtake it."""
+        for _ in range(2):
+            if not await self.liveness.wait_valid(CLAIM_WAIT):
+                raise NotAlive("this worker's liveness lapsed; not claiming")
+            claim = await self._claim_once(key, pen)
+            if claim is not None:
+                return claim
+            # Our key is gone in Redis though our deadline is not past: the next heartbeat
+            # starts a new session (its renewal fails); claim under that one.
+            await asyncio.sleep(0)
+            self.liveness.invalidate()
+        raise NotAlive("this worker's liveness key is gone; not claiming")
+
+    async def _claim_once(self, key: str, pen: str | None) -> Claim | None:
         owner = self.liveness.owner
-        if not self.liveness.valid(owner):
-            raise NotAlive("this worker's liveness lapsed; not claiming")
         token = f"{secrets.token_hex(16)}|{owner}"
         keys = [*self.keys(key), owner, *(self.pen_keys(pen) if pen is not None else [])]
         try:
@@ -291,7 +310,7 @@ class RedisDedup:
         except _REDIS_ERRORS as exc:
             raise DedupUnavailable(f"dedup store unreachable: {type(exc).__name__}") from exc
         if int(status) == 4:
-            raise NotAlive("this worker's liveness key is gone; not claiming")
+            return None
         state = Status(int(status))
         if state is Status.PARKED or state is Status.BUSY:
             return Claim(state, delay=max(0, int(n)) / 1000)
