@@ -19,16 +19,15 @@ from typing import Any, TextIO
 from aiohttp import web
 
 from botrelay.shared.headers import ATTEMPT, ERROR, ERROR_KIND
-from botrelay.shared.metrics import WorkerMetrics
 from botrelay.shared.settings import Settings
 from botrelay.shared.topology import DEAD_KEY
+from botrelay.worker.assembly import assemble
 from botrelay.worker.bot import Bot
-from botrelay.worker.consumer import Consumer, ReplySender
+from botrelay.worker.consumer import ReplySender
 from botrelay.worker.dedup import DedupStore, MemoryDedup
 from botrelay.worker.memory_broker import MemoryBroker, Stored
 from botrelay.worker.reply import describe_reply
 from botrelay.worker.reply_client import ReplyClient
-from botrelay.worker.retry import Mover
 
 log = logging.getLogger("botrelay.dev")
 
@@ -87,12 +86,11 @@ class MemoryWorker:
                  replies: ReplySender | None = None, dedup: DedupStore | None = None) -> None:
         self.settings = settings
         self.broker = broker
-        self.metrics = WorkerMetrics()
-        self.dedup = dedup or MemoryDedup(settings.dedup_lease, settings.dedup_ttl)
-        self._own_replies = replies is None
-        self.replies = replies or ReplyClient(settings, self.metrics)
-        self.consumer = Consumer(settings, bot, self.dedup, self.replies,
-                                 Mover(settings, broker), self.metrics)
+        parts = assemble(settings, bot, broker, replies=replies,
+                         dedup=dedup or MemoryDedup(settings.dedup_lease, settings.dedup_ttl))
+        self.metrics, self.dedup, self.consumer = parts.metrics, parts.dedup, parts.consumer
+        self.replies = parts.replies
+        self._own_replies = parts.owns_replies
         self._tag: str | None = None
 
     async def __aenter__(self) -> MemoryWorker:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import time
 from collections import deque
@@ -49,15 +50,35 @@ log = logging.getLogger("botrelay.worker")
 CANCEL_GRACE = 1.0
 
 
+class Outcome(enum.Enum):
+    """How a delivery ended; the value is the ``outcome`` label of ``botrelay_deliveries_total``
+    and of the worker's log lines."""
+
+    REPLIED = "replied"  # answered, acked
+    NO_REPLY = "no_reply"  # the handler returned nothing, acked
+    IGNORED = "ignored"  # the bot's own message, an unhandled trigger, acked
+    DUPLICATE = "duplicate"  # already answered, acked
+    BUSY = "busy"  # another live worker holds the claim: settled as DELAYED
+    PARKED = "parked"  # waits behind an earlier message of its conversation
+    DELAYED = "delayed"  # back after the shortest delay (busy claim, dedup store down)
+    RETRIED = "retried"  # failed, back after its attempt's delay
+    DEAD_LETTERED = "dead_lettered"
+    UNSETTLED = "unsettled"  # could not be moved or acked: the broker redelivers it
+
+
 @dataclass(slots=True)
-class Outcome:
-    name: str  # replied, no_reply, ignored, duplicate, busy, parked
+class Result:
+    """What running a delivery gave, before it is settled."""
+
+    outcome: Outcome
     replies: int = 0
     delay: float = 0.0  # parked: how long the conversation's head is waiting
     text: str | None = None  # the message's text, for debug lines only
 
 
-IGNORED, DUPLICATE, BUSY = Outcome("ignored"), Outcome("duplicate"), Outcome("busy")
+IGNORED = Result(Outcome.IGNORED)
+DUPLICATE = Result(Outcome.DUPLICATE)
+BUSY = Result(Outcome.BUSY)
 
 
 @dataclass(slots=True)
@@ -146,15 +167,18 @@ class Consumer:
             await self.process(delivery)
         finally:
             self._running.discard(task)
-            if turn is not None and (not turn.done() or turn.cancelled()):
-                # Cancelled while waiting (cancelling the task cancels the awaited turn too):
-                # leave the line, the holder skips it. Only a turn that was handed over passes on.
-                turn.cancel()
-            else:
-                self._next_in_line(conversation)
-            self.in_flight -= 1
-            if self.in_flight == 0:
-                self.idle.set()
+            try:
+                # Only the holder of the turn passes it on. A waiter cancelled in line (the
+                # connection dropped) finds its turn cancelled with it, or still pending: it
+                # just leaves, and the holder skips it.
+                if turn is None or (turn.done() and not turn.cancelled()):
+                    self._next_in_line(conversation)
+                else:
+                    turn.cancel()
+            finally:
+                self.in_flight -= 1
+                if self.in_flight == 0:
+                    self.idle.set()
 
     def _next_in_line(self, conversation: str) -> None:
         line = self._lines[conversation]
@@ -181,7 +205,7 @@ class Consumer:
         fields: dict[str, Any] = {"key": delivery.message_id, "attempt": attempt,
                                   "trigger": headers.get(TRIGGER),
                                   "conversation": headers.get(CONVERSATION)}
-        outcome = "dead_lettered"
+        outcome = Outcome.DEAD_LETTERED
         ctx = Context()
         try:
             try:
@@ -189,7 +213,7 @@ class Consumer:
             except (PayloadError, PermanentError) as exc:
                 await self._unhold(ctx)
                 await self.mover.to_dead(delivery, exc, permanent=True)
-                fields.update(error=str(exc), outcome=outcome)
+                fields.update(error=str(exc), outcome=outcome.value)
                 log.warning("dead-lettered: permanent failure", extra=fields)
                 return
             except DedupUnavailable as exc:
@@ -198,74 +222,75 @@ class Consumer:
                 delay = await self.mover.to_retry(delivery, attempt=attempt,
                                                   delay=self.settings.retry_delays[0],
                                                   extra=extra)
-                outcome = "delayed"
+                outcome = Outcome.DELAYED
                 log.warning("delayed: dedup store unavailable, not replying unrecorded",
                             extra={**fields, "delay": delay, "error": str(exc),
-                                   "outcome": outcome})
+                                   "outcome": outcome.value})
                 return
             except RateLimited as exc:
                 # Waiting for our own budget is no failure of the message: no attempt spent.
                 delay = pick_delay(self.settings.retry_delays, exc.delay)
                 await self._hold(ctx, delay)
                 await self.mover.to_retry(delivery, attempt=attempt, delay=delay)
-                outcome = "delayed"
+                outcome = Outcome.DELAYED
                 log.info("delayed: outbound rate limit",
-                         extra={**fields, "delay": delay, "outcome": outcome})
+                         extra={**fields, "delay": delay, "outcome": outcome.value})
                 return
             except Exception as exc:  # Retry, TransientError, or a bug in the handler
                 outcome = await self._fail(delivery, attempt, exc, fields, ctx)
                 return
-            if result.name == "busy":
+            if result.outcome is Outcome.BUSY:
                 # Another live worker holds the claim: come back after the shortest delay,
                 # with the conversation's later messages waiting behind this one.
                 delay = self.settings.retry_delays[0]
                 await self._hold(ctx, delay)
                 await self.mover.to_retry(delivery, attempt=attempt, delay=delay)
-                outcome = "delayed"
-            elif result.name == "parked":
+                outcome = Outcome.DELAYED
+            elif result.outcome is Outcome.PARKED:
                 # An earlier message of this conversation is waiting for a retry: wait behind
                 # it, in the same delay queue, without spending an attempt.
                 await self.mover.to_retry(delivery, attempt=attempt, delay=result.delay)
-                outcome = "parked"
+                outcome = Outcome.PARKED
             else:
                 await delivery.ack()
-                outcome = result.name
-            fields["outcome"] = outcome
+                outcome = result.outcome
+            fields["outcome"] = outcome.value
             # A line per answered message would cost more than the rest of its path; a message
             # that has to wait (delayed, parked) stays at info.
-            level = logging.INFO if outcome in ("delayed", "parked") else logging.DEBUG
+            level = logging.INFO if outcome in (Outcome.DELAYED, Outcome.PARKED) else logging.DEBUG
             if log.isEnabledFor(level):
                 log.log(level, "settled", extra=fields)
             if result.text is not None and log.isEnabledFor(logging.DEBUG):
                 log.debug("message text", extra={**fields, "text": result.text})
         except PUBLISH_ERRORS as exc:
             # Could not move or ack it (broker gone): the broker redelivers it, dedup holds.
-            outcome = "unsettled"
+            outcome = Outcome.UNSETTLED
             log.error("could not settle delivery; the broker will redeliver it",
-                      extra={**fields, "error": repr(exc), "outcome": outcome})
+                      extra={**fields, "error": repr(exc), "outcome": outcome.value})
             with contextlib.suppress(*PUBLISH_ERRORS):
                 await delivery.nack(requeue=True)
         finally:
-            self.metrics.deliveries.labels(outcome).inc()
+            self.metrics.deliveries.labels(outcome.value).inc()
 
     async def _fail(self, delivery: Delivery, attempt: int, exc: Exception,
-                    fields: dict[str, Any], ctx: Context) -> str:
+                    fields: dict[str, Any], ctx: Context) -> Outcome:
         fields = {**fields, "error": f"{type(exc).__name__}: {exc}"}
         if attempt >= self.settings.max_attempts:
             await self._unhold(ctx)
             await self.mover.to_dead(delivery, exc, permanent=False)
             log.warning("dead-lettered: attempts exhausted",
-                        extra={**fields, "outcome": "dead_lettered"})
-            return "dead_lettered"
+                        extra={**fields, "outcome": Outcome.DEAD_LETTERED.value})
+            return Outcome.DEAD_LETTERED
         wanted = exc.delay if isinstance(exc, Retry) and exc.delay is not None else (
             delay_for_attempt(self.settings.retry_delays, attempt))
         delay = pick_delay(self.settings.retry_delays, wanted)
         await self._hold(ctx, delay)
         await self.mover.to_retry(delivery, attempt=attempt + 1, delay=delay)
         level = logging.INFO if isinstance(exc, Retry | TransientError) else logging.WARNING
-        log.log(level, "retrying later", extra={**fields, "delay": delay, "outcome": "retried"},
+        log.log(level, "retrying later",
+                extra={**fields, "delay": delay, "outcome": Outcome.RETRIED.value},
                 exc_info=level == logging.WARNING)
-        return "retried"
+        return Outcome.RETRIED
 
     async def _hold(self, ctx: Context, delay: float) -> None:
         """Make the conversation's later messages wait behind this one (ordered mode)."""
@@ -282,7 +307,7 @@ class Consumer:
             with contextlib.suppress(DedupUnavailable):
                 await self.dedup.unhold(ctx.key, ctx.pen)
 
-    async def _run(self, delivery: Delivery, ctx: Context) -> Outcome:
+    async def _run(self, delivery: Delivery, ctx: Context) -> Result:
         callback = parse_body(delivery.body)
         msg = callback.message
         if msg is None or callback.ignore_reason is not None or self.bot.is_own(msg):
@@ -296,7 +321,7 @@ class Consumer:
         if claim.status is Status.DONE:
             return DUPLICATE
         if claim.status is Status.PARKED:
-            return Outcome("parked", delay=claim.delay or self.settings.retry_delays[0])
+            return Result(Outcome.PARKED, delay=claim.delay or self.settings.retry_delays[0])
         if claim.status is Status.BUSY:
             return BUSY
         if _replied(delivery) > claim.sent:
@@ -305,7 +330,7 @@ class Consumer:
         received = (delivery.headers or {}).get(RECEIVED_AT)
         if sent and isinstance(received, int):
             self.metrics.end_to_end_seconds.observe(max(0.0, time.time() - received / 1000))
-        return Outcome("replied" if sent else "no_reply", sent, text=msg.text)
+        return Result(Outcome.REPLIED if sent else Outcome.NO_REPLY, sent, text=msg.text)
 
     async def _answer(self, msg: Message, key: str, claim: Claim, ctx: Context) -> int:
         """Run the handler and deliver its replies in a task of their own (``_job``), which

@@ -273,6 +273,10 @@ end
 return 0
 """
 
+# How long a claim waits for this worker's liveness to come back (a new session) before the
+# message is delayed instead: a few heartbeats.
+CLAIM_WAIT = 2.0
+
 _REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
 
@@ -284,16 +288,15 @@ class RedisDedup:
 
     def __init__(self, client: aioredis.Redis, prefix: str, lease: float, ttl: float,
                  pen_ttl: float = 3600.0, liveness: Live | None = None,
-                 alive_wait: float = 0.0) -> None:
+                 claim_wait: float = CLAIM_WAIT) -> None:
         self.client = client
         self.prefix = prefix
         self.lease_ms = int(lease * 1000)
         self.ttl_ms = int(ttl * 1000)
         self.pen_ttl_ms = int(pen_ttl * 1000)
         self.liveness: Live = liveness or LocalLiveness(f"{prefix}:alive:unset")
-        # How long a claim waits for this worker's liveness to be valid again before it gives
-        # up (``_live_owner``); 0: at once.
-        self.alive_wait = alive_wait
+        # How long a claim waits for this worker's lapsed liveness to be valid again.
+        self.claim_wait = claim_wait
         # Claims and done marks, the two calls every delivery makes, share pipelines (with the
         # rate limiter's reservations when it uses this client too).
         self._batch = ScriptBatcher.of(client)
@@ -311,12 +314,11 @@ class RedisDedup:
             health_check_interval=15,
             max_connections=settings.concurrency * 2,
         )
-        # Through Sentinel a failover is waited out (``shared.redis_connect``): the heartbeat
-        # lapses meanwhile, and a claim refused for it would delay its message outside its
-        # conversation's pen, out of order. So a claim waits for a new session instead.
+        # Through Sentinel a failover is waited out (``shared.redis_connect``), and it outlasts
+        # the heartbeat's TTL: a claim waits for the next session that long, not CLAIM_WAIT.
         return cls(client, settings.prefix, settings.dedup_lease, settings.dedup_ttl,
                    pen_ttl=pen_ttl(settings),
-                   alive_wait=FAILOVER_WAIT if settings.redis_sentinels else 0.0)
+                   claim_wait=FAILOVER_WAIT if settings.redis_sentinels else CLAIM_WAIT)
 
     # Every key of one callback and its pen shares a Redis Cluster hash tag, ``{pen}`` (or
     # ``{key}`` without one): see the module's "Key names".
@@ -332,7 +334,23 @@ class RedisDedup:
         return f"{self.prefix}:done:{{{pen}}}"
 
     async def claim(self, key: str, pen: str | None = None) -> Claim:
-        owner = await self._live_owner()
+        """A lapsed liveness (a pause, a slow Redis) waits for the next heartbeat's new session
+        instead of failing at once: a message delayed without a claim would let the next one
+        of its conversation overtake it."""
+        for _ in range(2):
+            if not await self.liveness.wait_valid(self.claim_wait):
+                raise NotAlive("this worker's liveness lapsed; not claiming")
+            claim = await self._claim_once(key, pen)
+            if claim is not None:
+                return claim
+            # Our key is gone in Redis though our deadline is not past: the next heartbeat
+            # starts a new session (its renewal fails); claim under that one.
+            await asyncio.sleep(0)
+            self.liveness.invalidate()
+        raise NotAlive("this worker's liveness key is gone; not claiming")
+
+    async def _claim_once(self, key: str, pen: str | None) -> Claim | None:
+        owner = self.liveness.owner
         token = f"{secrets.token_hex(16)}|{owner}"
         keys = [*self.keys(key, pen), owner]
         args: list[str | int | bytes] = [token, self.lease_ms, key, self.pen_ttl_ms]
@@ -344,28 +362,13 @@ class RedisDedup:
         except _REDIS_ERRORS as exc:
             raise DedupUnavailable(f"dedup store unreachable: {type(exc).__name__}") from exc
         if int(status) == 4:
-            raise NotAlive("this worker's liveness key is gone; not claiming")
+            return None
         state = Status(int(status))
         if state is Status.PARKED or state is Status.BUSY:
             return Claim(state, delay=max(0, int(n)) / 1000)
         if state is Status.DONE:
             return Claim(state)
         return Claim(state, token, int(n), unsure=bool(int(unsure)), owner=owner)
-
-    async def _live_owner(self) -> str:
-        """This worker's current liveness session, waiting up to ``alive_wait`` for one.
-
-        Claiming under a new session is safe: fencing only forbids sending under a lapsed one,
-        and the claim script checks the session's key in Redis again."""
-        deadline = time.monotonic() + self.alive_wait
-        for _ in range(int(self.alive_wait / 0.05) + 1):  # bounded by the deadline as well
-            owner = self.liveness.owner
-            if self.liveness.valid(owner):
-                return owner
-            if time.monotonic() >= deadline:
-                break
-            await asyncio.sleep(0.05)
-        raise NotAlive("this worker's liveness lapsed; not claiming")
 
     async def progress(self, key: str, sent: int, pen: str | None = None) -> None:
         try:

@@ -48,6 +48,14 @@ class Live(Protocol):
     def valid(self, owner: str) -> bool:
         """May work claimed under ``owner`` still send?"""
 
+    async def wait_valid(self, timeout: float) -> bool:
+        """Until the current session is valid (a heartbeat renewed or restarted it), at most
+        ``timeout`` seconds; whether it is."""
+
+    def invalidate(self) -> None:
+        """The session's key was found gone: give the session up (the next heartbeat starts a
+        new one)."""
+
 
 class LocalLiveness:
     """One worker, nothing shared: always alive, one session."""
@@ -62,6 +70,12 @@ class LocalLiveness:
     def valid(self, owner: str) -> bool:
         return owner == self._owner
 
+    async def wait_valid(self, timeout: float) -> bool:
+        return True
+
+    def invalidate(self) -> None:
+        return None
+
 
 class Liveness:
     """The heartbeat of one worker process: ``await start()``, then ``run()`` in a task."""
@@ -75,6 +89,7 @@ class Liveness:
         self._session = 0
         self._owner = self._name(0)
         self._until = 0.0  # monotonic deadline of the current session
+        self._renewed = asyncio.Event()  # set by each successful heartbeat
         self.sessions_lost = 0
 
     def _name(self, session: int) -> str:
@@ -89,6 +104,20 @@ class Liveness:
 
     def remaining(self) -> float:
         return max(0.0, self._until - time.monotonic())
+
+    async def wait_valid(self, timeout: float) -> bool:
+        stop_at = time.monotonic() + timeout
+        while not self.valid(self._owner):
+            left = stop_at - time.monotonic()
+            if left <= 0:
+                return False
+            self._renewed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._renewed.wait(), left)
+        return True
+
+    def invalidate(self) -> None:
+        self._until = min(self._until, time.monotonic())
 
     async def start(self) -> None:
         """Register the first session; raises if Redis cannot be reached."""
@@ -112,6 +141,7 @@ class Liveness:
             log.warning("liveness heartbeat failed: %s", type(exc).__name__)
             return False
         self._until = sent + self.ttl
+        self._renewed.set()
         return True
 
     async def _new_session(self) -> None:
@@ -128,6 +158,7 @@ class Liveness:
         ok = await self.client.set(self._owner, "1", px=int(self.ttl * 1000), nx=True)
         if ok:
             self._until = sent + self.ttl
+            self._renewed.set()
         return bool(ok)
 
     async def run(self) -> None:

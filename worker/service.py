@@ -30,12 +30,12 @@ from aiohttp import web
 
 from botrelay.shared import topology
 from botrelay.shared.broker import BrokerLink
-from botrelay.shared.metrics import CONTENT_TYPE_LATEST, WorkerMetrics, render
+from botrelay.shared.metrics import CONTENT_TYPE_LATEST, render
 from botrelay.shared.redis_connect import make_redis
 from botrelay.shared.settings import Settings
+from botrelay.worker.assembly import assemble
 from botrelay.worker.bot import Bot
-from botrelay.worker.consumer import Consumer
-from botrelay.worker.dedup import DedupStore, RedisDedup, make_store
+from botrelay.worker.dedup import DedupStore, RedisDedup
 from botrelay.worker.liveness import Liveness
 from botrelay.worker.loop_watch import watch_loop
 from botrelay.worker.partitions import (
@@ -45,10 +45,7 @@ from botrelay.worker.partitions import (
     SoloLeases,
     worker_id,
 )
-from botrelay.worker.rate_limit import make_limiter
 from botrelay.worker.reply_client import ReplyClient
-from botrelay.worker.reply_lookup import ReplyLookup
-from botrelay.worker.retry import Mover
 from botrelay.worker.subscriptions import Subscriptions
 
 log = logging.getLogger("botrelay.worker")
@@ -65,11 +62,15 @@ class Worker:
                  replies: ReplyClient | None = None, name: str = "botrelay-worker") -> None:
         self.settings = settings
         self.bot = bot
-        self.metrics = WorkerMetrics()
         self._liveness_client: aioredis.Redis | None = None
         self.broker = BrokerLink(settings, name)
-        self.dedup = dedup or make_store(settings)
         self.id = worker_id()
+        parts = assemble(settings, bot, self.broker, dedup=dedup, replies=replies,
+                         user_agent=f"botrelay-worker/{self.id}")
+        self.metrics, self.dedup, self.consumer = parts.metrics, parts.dedup, parts.consumer
+        assert isinstance(parts.replies, ReplyClient)  # what assemble makes, or was given
+        self.replies = parts.replies
+        self.lookup = parts.lookup
         self.liveness: Liveness | None = None
         if settings.redis_enabled:
             # A client of its own: a heartbeat must not queue behind a burst of claims.
@@ -78,17 +79,6 @@ class Worker:
             self.liveness = Liveness(self._liveness_client, settings.prefix, self.id)
             if isinstance(self.dedup, RedisDedup):
                 self.dedup.liveness = self.liveness
-        # The rate limiter shares the dedup store's Redis client, and so its pipelines.
-        shared = self.dedup.client if isinstance(self.dedup, RedisDedup) else None
-        self.replies = replies or ReplyClient(
-            settings, self.metrics, limiter=make_limiter(settings, self.metrics, shared),
-            user_agent=f"botrelay-worker/{self.id}")
-        # Asked only before re-sending a reply whose earlier attempt's outcome is unknown.
-        self.lookup = ReplyLookup(self.replies.get)
-        self.replies.lookup = self.lookup
-        self.consumer = Consumer(settings, bot, self.dedup, self.replies,
-                                 Mover(settings, self.broker), self.metrics,
-                                 lookup=self.lookup)
         self.subscriptions: Subscriptions | None = None
         self._inbound = topology.inbound_queue(settings.prefix)
         self._stopped = asyncio.Event()
@@ -108,6 +98,14 @@ class Worker:
         await self.stop()
 
     async def start(self) -> None:
+        """Start consuming. A start that fails half-way (a broker that refuses the topology,
+        Redis gone) closes what it had opened before raising: no task or connection is left."""
+        async with contextlib.AsyncExitStack() as undo:
+            undo.push_async_callback(self.stop)
+            await self._start()
+            undo.pop_all()  # started: stop() is now the caller's
+
+    async def _start(self) -> None:
         if self.liveness is not None:
             await self.liveness.start()
             self._tasks.append(asyncio.create_task(self.liveness.run(), name="liveness"))
@@ -260,7 +258,8 @@ class Worker:
             with contextlib.suppress(Exception):
                 await self._liveness_client.aclose()
         await self.replies.close()
-        await self.lookup.close()
+        if self.lookup is not None:
+            await self.lookup.close()
         with contextlib.suppress(Exception):
             await self.dedup.close()
         if self._metrics_runner is not None:

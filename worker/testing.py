@@ -33,18 +33,16 @@ import orjson
 from botrelay.shared.broker import make_message
 from botrelay.shared.errors import PayloadError, TransientError, describe
 from botrelay.shared.headers import ATTEMPT, CONVERSATION, ERROR, ERROR_KIND, RECEIVED_AT, TRIGGER
-from botrelay.shared.metrics import WorkerMetrics
 from botrelay.shared.model import Message
 from botrelay.shared.payloads import parse_body
 from botrelay.shared.settings import Settings
 from botrelay.shared.topology import INBOUND_KEY
+from botrelay.worker.assembly import assemble
 from botrelay.worker.bot import Bot
-from botrelay.worker.consumer import Consumer
 from botrelay.worker.dedup import MemoryDedup
 from botrelay.worker.memory_broker import MemoryBroker
 from botrelay.worker.reply import Reply, describe_reply
 from botrelay.worker.reply_client import ReplyFailed, ReplyRejected
-from botrelay.worker.retry import Mover
 
 __all__ = ["BotTester", "Result", "text_callback"]
 
@@ -130,10 +128,10 @@ class BotTester:
         self.broker = MemoryBroker(self.settings)
         self._replies = _Replies(self.settings, self.reply_status)
         self._watched = _Watched(bot, self.settings.handler_timeout)
-        self.consumer = Consumer(
-            self.settings, self._watched, MemoryDedup(self.settings.dedup_lease,  # type: ignore
-                                                      self.settings.dedup_ttl),
-            self._replies, Mover(self.settings, self.broker), WorkerMetrics())
+        self.consumer = assemble(
+            self.settings, self._watched, self.broker,  # type: ignore[arg-type]
+            dedup=MemoryDedup(self.settings.dedup_lease, self.settings.dedup_ttl),
+            replies=self._replies).consumer
 
     @property
     def sent(self) -> list[dict[str, Any]]:

@@ -2,7 +2,9 @@
 every callback the ingress accepted (2xx queued) must be answered exactly once.
 
 A sender re-posts after a 503 or a refused connection, as CometChat does; what was finally
-answered 200 counts as accepted.
+answered 2xx counts as accepted. Every callback of the stream is valid, so nothing is let off:
+a callback answered 4xx (CometChat does not re-post those) or still unanswered or 503 at the
+stream's deadline counts as lost, like an accepted callback never replied to.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class Stream:
         self.statuses: list[int] = [0] * count
         self.seen: Counter[int] = Counter()  # every answer, re-posts included (-1: no answer)
         self.retries = 0  # posts answered 503 or refused, then re-posted
+        self.refused: Counter[int] = Counter()  # every 4xx answer, by status
 
     async def run(self) -> None:
         sem = asyncio.Semaphore(self.concurrency)
@@ -56,6 +59,8 @@ class Stream:
                                 await resp.read()
                                 self.statuses[i] = resp.status
                                 self.seen[resp.status] += 1
+                                if 400 <= resp.status < 500:
+                                    self.refused[resp.status] += 1
                                 if resp.status != 503:
                                     return
                         except (aiohttp.ClientError, TimeoutError):
@@ -74,7 +79,39 @@ class Stream:
 
     def accepted_texts(self) -> list[str]:
         return [expected_reply(doc)[2] for doc, status in zip(self.docs, self.statuses,
-                                                               strict=True) if status == 200]
+                                                               strict=True) if _accepted(status)]
+
+    def refused_count(self) -> int:
+        """Callbacks whose final answer was 4xx: the sender gives up on them."""
+        return sum(1 for status in self.statuses if 400 <= status < 500)
+
+    def unanswered_count(self) -> int:
+        """Callbacks still without an answer, or answered 503, when the deadline came."""
+        return sum(1 for status in self.statuses if status in (0, -1, 503))
+
+
+def _accepted(status: int) -> bool:
+    return 200 <= status < 300
+
+
+def reckon(name: str, stream: Stream, fake: FakeCometChat, *, seconds: float,
+           note: str = "") -> Figures:
+    """The figures of a finished stream: accepted callbacks never replied to, callbacks refused
+    with a 4xx and callbacks unanswered at the deadline all count as lost."""
+    ours = set(expected_reply(doc)[2] for doc in stream.docs)
+    figures = Figures(name, sent=len(stream.docs), seconds=seconds, note=note)
+    figures.count_replies(stream.accepted_texts(),
+                          [r.body["data"].get("text", "") for r in fake.replies
+                           if r.body["data"].get("text") in ours])
+    refused, unanswered = stream.refused_count(), stream.unanswered_count()
+    figures.lost += refused + unanswered
+    figures.extra.update(reposts=stream.retries, refused=refused, unanswered=unanswered,
+                         **{f"answers {status}": n for status, n in stream.refused.items()})
+    if refused or unanswered or stream.refused:
+        figures.note = "; ".join(filter(None, [
+            figures.note, f"{refused} refused 4xx, {unanswered} unanswered at the deadline",
+            " ".join(f"{s}x{n}" for s, n in sorted(stream.refused.items()))]))
+    return figures
 
 
 async def run_with_fault(name: str, stream: Stream, fake: FakeCometChat,
@@ -93,18 +130,14 @@ async def run_with_fault(name: str, stream: Stream, fake: FakeCometChat,
 
     await wait_for(all_answered, settle, interval=0.1)
     await asyncio.sleep(1.0)  # let late duplicates, if any, arrive
-    ours = set(expected_reply(doc)[2] for doc in stream.docs)
-    figures = Figures(name, sent=len(stream.docs), seconds=time.monotonic() - started,
-                      note=note)
-    figures.count_replies(accepted, [r.body["data"].get("text", "") for r in fake.replies
-                                     if r.body["data"].get("text") in ours])
-    figures.extra["reposts"] = stream.retries
-    record(figures)
+    figures = record(reckon(name, stream, fake, seconds=time.monotonic() - started, note=note))
+    print(f"{name}: sent {figures.sent}, accepted {figures.accepted}, answered "
+          f"{figures.answered}, duplicated {figures.duplicated}, lost {figures.lost} "
+          f"(of them {figures.extra['refused']} refused 4xx, {figures.extra['unanswered']} "
+          f"unanswered at the deadline), re-posts {stream.retries}, "
+          f"answers {dict(sorted(stream.seen.items()))}")
     # The ingress answers 200, or 503 while it cannot get a confirm: never another 5xx.
     assert all(s < 500 or s == 503 for s in stream.seen), stream.seen
-    print(f"{name}: sent {figures.sent}, accepted {figures.accepted}, answered "
-          f"{figures.answered}, duplicated {figures.duplicated}, lost {figures.lost}, "
-          f"re-posts {stream.retries}")
     return figures
 
 

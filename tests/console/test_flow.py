@@ -47,3 +47,18 @@ def test_rates_come_from_the_differences_and_a_restart_counts_from_zero() -> Non
     assert (point.reached, point.urls) == (2, 3)
     first = combine({}, after, 10.0, at=1.0, urls=3)
     assert first.callbacks_per_s is None and first.p50 is None
+
+
+def test_the_spool_is_read_where_an_ingress_has_used_one() -> None:
+    idle = IngressMetrics(CollectorRegistry())  # exports the gauges, never spooled: no spool
+    assert parse(render(idle.registry).decode()).spool is None
+    spooling = IngressMetrics(CollectorRegistry())
+    spooling.spooled.labels("broker_down").inc(12)
+    spooling.spool_depth.set(9)
+    spooling.spool_bytes.set(4096)
+    spooling.spool_oldest_age.set(31)
+    reading = parse(render(spooling.registry).decode())
+    assert reading.spool == (9, 4096, 31)
+    other = Reading(spool=(1, 1024, 5))
+    point = combine({}, {"a": reading, "b": other, "c": Reading()}, 5.0, 1.0, 3)
+    assert point.spool == (10, 5120, 31)  # summed over ingresses, the oldest of them

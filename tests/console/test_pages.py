@@ -50,3 +50,15 @@ def test_charts_leave_gaps_for_samples_that_could_not_be_read() -> None:
     assert svg.count("<polyline") == 2 and svg.count("<circle") == 1
     assert "p50 500 ms" in svg  # the last known value
     assert "collecting" in pages.chart("x", [[None, None]])
+
+
+def test_the_overview_shows_what_an_ingress_spooled() -> None:
+    from botrelay.worker.console.flow import FlowPoint
+    from botrelay.worker.console.overview import Overview, Snapshot
+
+    def view(spool: tuple[float, float, float] | None) -> str:
+        point = FlowPoint(1.0, 1.0, 1.0, 0.1, 0.2, 1, 1, spool)
+        return pages.overview(Overview(Snapshot(1.0, ()), None, (), (point,), ("http://x",)))
+
+    assert "data-spool='7'" in view((7, 8192, 42)) and "oldest 42s" in view((7, 8192, 42))
+    assert "data-spool" not in view(None)

@@ -140,6 +140,20 @@ def test_right_credentials_with_non_ascii_password_are_accepted(live: LiveIngres
 
 
 @pytest.mark.integration
+def test_a_valid_callback_with_wrong_credentials_is_never_published(live: LiveIngress) -> None:
+    # Well-formed callbacks, so only the credentials stand between them and the queue; the one
+    # with the right credentials shows the count does see what is published.
+    before = live.published()
+    for i, header in enumerate(WRONG[:8]):
+        headers = {} if header is None else {"Authorization": header}
+        unauthorized(live.post(dumps(text_callback(f"auth-pub-{i}", "hi")), headers=headers))
+    right = live.post(dumps(text_callback("auth-pub-ok", "hi")),
+                      headers={"Authorization": basic(USER, PASSWORD)})
+    assert right.status == 200, right.body
+    assert live.published() == before + 1
+
+
+@pytest.mark.integration
 def test_401_comes_before_the_body_is_read(live: LiveIngress) -> None:
     before = live.published()
     unauthorized(live.post(b"{" + b" " * 10_000_000 + b"}"))  # over the size limit: still 401

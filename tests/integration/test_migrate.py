@@ -46,9 +46,13 @@ async def test_a_changed_queue_setting_is_one_line_and_migrate_keeps_every_callb
     docs = [text_callback(str(8000 + i), f"kept {i}", sender=f"user-{i}") for i in range(COUNT)]
     await _publish_old(old, docs)
 
-    # The worker: one line, naming the setting and the way out; nothing consumed.
+    # The worker: one line, naming the setting and the way out; nothing consumed, and nothing
+    # it opened on the way left running.
+    worker = Worker(new, bot)
     with pytest.raises(QueueMismatch) as raised:
-        await asyncio.wait_for(Worker(new, bot).start(), 20)
+        await asyncio.wait_for(worker.start(), 20)
+    assert worker.broker.connection is None or worker.broker.connection.is_closed
+    assert all(task.done() for task in worker._tasks)
     message = str(raised.value)
     assert "x-max-length=1000" in message and "BOTRELAY_INBOUND_MAX_LENGTH" in message
     assert "botrelay migrate" in message and "\n" not in message

@@ -73,7 +73,7 @@ async def test_with_a_wait_a_claim_waits_for_a_new_session_under_a_bound(client,
     # Sentinel mode: a failover outlasts the liveness TTL; a claim waits for the next session
     # instead of being refused (and its message delayed outside its conversation's pen).
     live, _ = await _worker(client, prefix, "a", ttl=1.0)
-    store = RedisDedup(client, prefix, lease=30.0, ttl=60.0, liveness=live, alive_wait=2.0)
+    store = RedisDedup(client, prefix, lease=30.0, ttl=60.0, liveness=live, claim_wait=2.0)
     old = live.owner
     await asyncio.sleep(1.1)  # lapsed
 
@@ -89,7 +89,7 @@ async def test_with_a_wait_a_claim_waits_for_a_new_session_under_a_bound(client,
     assert claim.status is Status.CLAIMED and claim.owner == live.owner != old
     assert 0.25 < waited < 1.5
     # Nobody renews it: the wait is bounded, then refused as before.
-    bounded = RedisDedup(client, prefix, lease=30.0, ttl=60.0, liveness=live, alive_wait=0.3)
+    bounded = RedisDedup(client, prefix, lease=30.0, ttl=60.0, liveness=live, claim_wait=0.3)
     await asyncio.sleep(1.1)
     started = asyncio.get_running_loop().time()
     with pytest.raises(NotAlive):

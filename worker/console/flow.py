@@ -22,6 +22,11 @@ from prometheus_client.parser import text_string_to_metric_families
 CALLBACKS = "botrelay_callbacks_total"  # ingress, outcome="queued": callbacks taken in
 DELIVERIES = "botrelay_deliveries_total"  # worker, outcome="replied"
 LATENCY = "botrelay_end_to_end_seconds_bucket"
+# An ingress with BOTRELAY_SPOOL_DIR: callbacks held on its disk while the broker is away.
+SPOOL_DEPTH = "botrelay_spool_depth"
+SPOOL_BYTES = "botrelay_spool_bytes"
+SPOOL_OLDEST = "botrelay_spool_oldest_age_seconds"
+SPOOLED = "botrelay_spool_spooled_total"
 SCRAPE_TIMEOUT = 2.0  # a hung process must not stall the other URLs' samples for long
 
 
@@ -32,6 +37,7 @@ class Reading:
     callbacks: float = 0.0
     replied: float = 0.0
     buckets: Mapping[float, float] = field(default_factory=dict)
+    spool: tuple[float, float, float] | None = None  # depth, bytes, oldest age; None: no spool
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,11 +49,14 @@ class FlowPoint:
     p99: float | None
     reached: int  # URLs that answered this sample
     urls: int
+    # Over the ingresses that spool: callbacks and bytes held, the oldest one's age (seconds).
+    spool: tuple[float, float, float] | None = None
 
 
 def parse(text: str) -> Reading:
     callbacks = replied = 0.0
     buckets: dict[float, float] = {}
+    spool: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == CALLBACKS and sample.labels.get("outcome") == "queued":
@@ -57,7 +66,24 @@ def parse(text: str) -> Reading:
             elif sample.name == LATENCY:
                 le = float(sample.labels["le"])
                 buckets[le] = buckets.get(le, 0.0) + sample.value
-    return Reading(callbacks, replied, buckets)
+            elif sample.name in (SPOOL_DEPTH, SPOOL_BYTES, SPOOL_OLDEST):
+                spool[sample.name] = sample.value
+            elif sample.name == SPOOLED:
+                spool[SPOOLED] = spool.get(SPOOLED, 0.0) + sample.value
+    held = None
+    # Every ingress exports the gauges; one that never spooled and holds nothing has no spool
+    # worth a card (it may not have one at all).
+    if spool.get(SPOOL_DEPTH, 0.0) > 0 or spool.get(SPOOLED, 0.0) > 0:
+        held = (spool.get(SPOOL_DEPTH, 0.0), spool.get(SPOOL_BYTES, 0.0),
+                spool.get(SPOOL_OLDEST, 0.0))
+    return Reading(callbacks, replied, buckets, held)
+
+
+def _spool(readings: Iterable[Reading]) -> tuple[float, float, float] | None:
+    held = [r.spool for r in readings if r.spool is not None]
+    if not held:
+        return None
+    return (sum(h[0] for h in held), sum(h[1] for h in held), max(h[2] for h in held))
 
 
 def _delta(now: float, before: float) -> float:
@@ -96,10 +122,11 @@ def combine(previous: Mapping[str, Reading], current: Mapping[str, Reading], sec
         for le, count in now.buckets.items():
             base = 0.0 if restarted else before.buckets.get(le, 0.0)
             buckets[le] = buckets.get(le, 0.0) + max(0.0, count - base)
+    spool = _spool(current.values())
     if not both or seconds <= 0:
-        return FlowPoint(at, None, None, None, None, len(current), urls)
+        return FlowPoint(at, None, None, None, None, len(current), urls, spool)
     return FlowPoint(at, callbacks / seconds, replied / seconds, quantile(0.5, buckets),
-                     quantile(0.99, buckets), len(current), urls)
+                     quantile(0.99, buckets), len(current), urls, spool)
 
 
 class Scraper:

@@ -4,11 +4,13 @@ The broker cannot say it: a partition queue's single active consumer is not visi
 (only its consumer count is), and the management plugin may not be there. The workers agree on
 partitions through Redis (``worker.partitions``): a sorted set ``P:members`` of live workers
 (score = when its heartbeat expires) and one lease key ``P:partition:{P}:N`` per partition holding
-its owner's id. Reading them is plain GETs: the console changes nothing there.
+its owner: the liveness key of the owner's session, ``P:alive:<worker id>.<session>``
+(``worker.liveness``). Reading them is plain GETs: the console changes nothing there.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 
@@ -35,13 +37,29 @@ def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+_SESSION = re.compile(r"^(?P<worker>.+)\.\d+(?:\.[0-9a-f]+)?$")
+
+
+def _worker_of(prefix: str, name: str) -> str:
+    """The worker id in a member or lease value: the liveness key of a worker's session
+    (``P:alive:<worker id>.<session>[.<tag>]``, ``worker.liveness``), or a bare worker id."""
+    alive = f"{prefix}:alive:"
+    if name.startswith(alive):
+        name = name[len(alive):]
+        found = _SESSION.match(name)
+        if found:
+            return found["worker"]
+    return name
+
+
 async def read(client: aioredis.Redis, prefix: str, partitions: int) -> list[WorkerRow]:
     now_ms = time.time() * 1000
-    live = [_text(m) for m in await client.zrangebyscore(members_key(prefix), now_ms, "+inf")]
+    live = [_worker_of(prefix, _text(m))
+            for m in await client.zrangebyscore(members_key(prefix), now_ms, "+inf")]
     owners = await client.mget([lease_key(prefix, n) for n in range(partitions)]) \
         if partitions else []
     held: dict[str, list[int]] = {member: [] for member in live}
     for n, owner in enumerate(owners):
         if owner is not None:
-            held.setdefault(_text(owner), []).append(n)
+            held.setdefault(_worker_of(prefix, _text(owner)), []).append(n)
     return [WorkerRow(member, tuple(held[member]), member in live) for member in sorted(held)]

@@ -153,6 +153,11 @@ def overview(view: Overview) -> str:
                             ("retry", "waiting to retry")))
     cards += (f"<div class='card' data-dead-count='{shot.dead}'><b>{shot.dead}</b>"
               "<a href='/dead'>dead letters</a></div>")
+    spool = view.flow[-1].spool if view.flow else None
+    if spool is not None:  # an ingress spools: what it holds on disk for the broker
+        depth, size, oldest = spool
+        cards += (f"<div class='card' data-spool='{int(depth)}'><b>{int(depth)}</b>spooled at "
+                  f"the ingress ({size / 1024:.0f} KiB, oldest {oldest:.0f}s)</div>")
     charts = _flow(view) + sparkline(
         [s.depth("inbound") + s.depth("partition") for s in past], "callbacks waiting"
     ) + sparkline([s.dead for s in past], "dead letters")
