@@ -1,8 +1,16 @@
-"""The broker connection: ``connect_robust`` reconnects, and the topology is re-declared each time.
+"""The broker connection: robust, over one node or a cluster's list; the topology is re-declared
+each time it reconnects.
 
-``BrokerLink`` keeps one robust connection and one publisher-confirm channel. It starts even when
-the broker is down (it keeps trying in the background), so an ingress can come up first and answer
-503 until the broker is there, instead of crash-looping.
+``BrokerLink`` keeps one robust connection (``shared.amqp_nodes``: with several URLs in
+``BOTRELAY_AMQP_URL`` it moves to the next node when its node dies) and one publisher-confirm
+channel. It starts even when the broker is down (it keeps trying in the background), so an
+ingress can come up first and answer 503 until the broker is there, instead of crash-looping.
+
+With a cluster, a publish the broker did not confirm because its node died or its queue was
+electing a new leader (a nack, or the channel closing under it) is sent again, on the next node,
+within the same timeout. Sending twice is safe: the copy carries the same ``message_id`` and the
+worker's dedup store answers it once. A single node has no elections: there a failed publish is
+reported at once, as before.
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -25,6 +34,7 @@ from aio_pika.abc import (
 from pamqp import commands as spec
 
 from botrelay.shared import topology
+from botrelay.shared.amqp_nodes import connect_nodes
 from botrelay.shared.publisher import ChannelClosed, ConfirmBatcher
 from botrelay.shared.queue_changes import QueueMismatch
 from botrelay.shared.settings import Settings
@@ -49,6 +59,37 @@ class BrokerUnavailable(Exception):
     """No open channel to the broker right now."""
 
 
+# What is worth sending again on a cluster: the broker's nack (a queue without a leader for a
+# moment, or full), the channel or connection gone before the confirm. Not a return (unroutable:
+# a missing binding stays missing) and not the timeout (the budget is spent).
+RETRYABLE: tuple[type[BaseException], ...] = (
+    BrokerUnavailable,
+    aio_pika.exceptions.DeliveryError,
+    aiormq.exceptions.DeliveryError,
+    aiormq.exceptions.ChannelInvalidStateError,
+    aiormq.exceptions.ChannelClosed,
+    aiormq.exceptions.ConnectionClosed,
+    aiormq.exceptions.AMQPConnectionError,
+    ConnectionError,
+    RuntimeError,
+)
+NACKS: tuple[type[BaseException], ...] = (
+    aio_pika.exceptions.DeliveryError,
+    aiormq.exceptions.DeliveryError,
+)
+
+
+class ChannelRenewed(Exception):
+    """Why a channel was closed on purpose: a fresh one replaces it (``_renew_channel``)."""
+
+
+# Attempts per publish on a cluster, and the pause before each retry (seconds).
+PUBLISH_ATTEMPTS = 16
+_RETRY_PAUSES = (0.05, 0.1, 0.2, 0.3, 0.5, 0.5, 0.5)
+# How long one attempt to reach one node may take.
+CONNECT_TIMEOUT = 5.0
+
+
 def redact_url(url: str) -> str:
     """``amqp://guest:***@host/`` for logs: never print a password."""
     if "@" not in url or "://" not in url:
@@ -60,13 +101,18 @@ def redact_url(url: str) -> str:
 
 
 async def connect(settings: Settings, name: str) -> AbstractRobustConnection:
-    """A robust connection named for the process (visible in the management UI)."""
-    return await aio_pika.connect_robust(
-        settings.amqp_url,
+    """A robust connection named for the process (visible in the management UI), to the first
+    node of ``BOTRELAY_AMQP_URL`` that answers."""
+    return await connect_nodes(
+        settings.amqp_urls,
+        timeout=CONNECT_TIMEOUT,
         client_properties={"connection_name": name},
         reconnect_interval=1.0,
-        fail_fast=True,
     )
+
+
+def redact_urls(urls: tuple[str, ...]) -> str:
+    return ",".join(redact_url(u) for u in urls)
 
 
 def make_message(
@@ -110,6 +156,8 @@ class BrokerLink:
         self._connected = asyncio.Event()
         self._retry_exchanges: dict[float, AbstractExchange] = {}
         self._batcher = ConfirmBatcher()
+        self.retry_publishes = len(settings.amqp_urls) > 1
+        self._renewed_at = 0.0
 
     @property
     def ready(self) -> bool:
@@ -160,7 +208,7 @@ class BrokerLink:
             except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as exc:
                 log.warning(
                     "broker %s unreachable (%s); retrying in %.1fs",
-                    redact_url(self.settings.amqp_url), type(exc).__name__, delay,
+                    redact_urls(self.settings.amqp_urls), type(exc).__name__, delay,
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
@@ -178,7 +226,7 @@ class BrokerLink:
         # reconnect also recreates anything deleted meanwhile, and is harmless otherwise.
         connection.reconnect_callbacks.add(self._redeclare)
         self._connected.set()
-        log.info("connected to broker %s", redact_url(self.settings.amqp_url))
+        log.info("connected to broker %s", redact_url(str(getattr(connection, "url", ""))))
 
     async def _redeclare(self, *_: Any) -> None:
         if self.channel is not None:
@@ -189,6 +237,62 @@ class BrokerLink:
             except Exception:
                 log.exception("re-declaring the topology after a reconnect failed")
 
+    async def _with_retries(self, attempt: Callable[[], Awaitable[None]],
+                            timeout: float) -> None:
+        """``attempt()`` within ``timeout``; on a cluster, again after a retryable failure,
+        once a channel is open again (see the module's docstring)."""
+        if not self.retry_publishes:
+            async with asyncio.timeout(timeout):
+                await attempt()
+            return
+        deadline = asyncio.get_running_loop().time() + timeout
+        last: BaseException | None = None
+        for n in range(PUBLISH_ATTEMPTS):
+            try:
+                async with asyncio.timeout_at(deadline):
+                    if n:
+                        await asyncio.sleep(_RETRY_PAUSES[min(n - 1, len(_RETRY_PAUSES) - 1)])
+                        await self._until_ready()
+                    await attempt()
+                return
+            except RETRYABLE as exc:
+                last = exc
+                log.info("publish not confirmed (%s); sending again", type(exc).__name__)
+                if isinstance(exc, NACKS):
+                    await self._renew_channel()
+            except TimeoutError:
+                # The budget ran out while waiting: report what went wrong before, if anything.
+                if last is not None:
+                    raise last from None
+                raise
+        assert last is not None
+        raise last
+
+    async def _renew_channel(self) -> None:
+        """Replace the channel after a nack on a cluster. Measured on RabbitMQ 3.10: after a
+        node dies, a channel that published to one of its queues before the new leader was
+        elected nacks every later publish to that queue, while a fresh channel's are confirmed.
+        Closing the underlying channel makes the robust channel open a new one and restore its
+        queues and consumers on it (deliveries not yet acked come again: dedup answers them).
+        At most once a second, so a burst of nacks renews it once."""
+        now = asyncio.get_running_loop().time()
+        channel = self.channel
+        if channel is None or channel.is_closed or now - self._renewed_at < 1.0:
+            return
+        self._renewed_at = now
+        log.warning("the broker refused a publish; opening a fresh channel")
+        underlay = await channel.get_underlay_channel()
+        with contextlib.suppress(Exception):
+            await underlay.close(ChannelRenewed("renewed after a nack"))
+
+    async def _until_ready(self) -> None:
+        """Wait for an open channel again: ``ready`` combines the connection's, the channel's
+        and the topology's states, so it is polled (the caller's deadline bounds it too)."""
+        for _ in range(600):  # 30 s
+            if self.ready:
+                return
+            await asyncio.sleep(0.05)
+
     async def publish(
         self,
         message: aio_pika.Message,
@@ -198,29 +302,36 @@ class BrokerLink:
         timeout: float | None = None,
     ) -> None:
         """Publish and wait for the broker's confirm; raises on nack, return or timeout."""
-        target = exchange or self.exchange
-        if target is None or not self.ready:
-            raise BrokerUnavailable("no open channel to the broker")
-        await target.publish(
-            message,
-            routing_key,
-            mandatory=True,
-            timeout=timeout or self.settings.publish_timeout,
-        )
+        budget = timeout or self.settings.publish_timeout
+
+        async def once() -> None:
+            target = exchange or self.exchange
+            if target is None or not self.ready:
+                raise BrokerUnavailable("no open channel to the broker")
+            await target.publish(message, routing_key, mandatory=True, timeout=budget)
+
+        await self._with_retries(once, budget)
 
     async def publish_callback(self, body: bytes, routing_key: str, *, message_id: str,
                                headers: dict[str, Any], timeout: float | None = None) -> None:
         """``publish(make_message(body, ...), routing_key)``, batched with the other callbacks
         of this event-loop turn into one write (``shared.publisher``); the same guarantees."""
+        properties = callback_properties(message_id, headers)
+
+        async def once() -> None:
+            await self._publish_callback_once(body, routing_key, properties)
+
+        await self._with_retries(once, timeout or self.settings.publish_timeout)
+
+    async def _publish_callback_once(self, body: bytes, routing_key: str,
+                                     properties: spec.Basic.Properties) -> None:
         channel, exchange = self.channel, self.exchange
         if channel is None or exchange is None or not self.ready:
             raise BrokerUnavailable("no open channel to the broker")
         # aio-pika's channels always sit on an ``aiormq.Channel``; the batcher needs its fields.
         underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
         try:
-            async with asyncio.timeout(timeout or self.settings.publish_timeout):
-                await self._batcher.publish(underlay, exchange.name, routing_key, body,
-                                            callback_properties(message_id, headers))
+            await self._batcher.publish(underlay, exchange.name, routing_key, body, properties)
         except ChannelClosed as exc:
             raise BrokerUnavailable(str(exc)) from exc
 

@@ -116,7 +116,7 @@ def secrets_of(settings: Settings) -> list[str]:
     for app in settings.file_apps:
         values.append(app.api_key)
         values.extend(password for _, password in app.callback)
-    for url in (settings.amqp_url, settings.redis_url):
+    for url in (*settings.amqp_urls, settings.redis_url):
         if url and "@" in url and "://" in url:
             creds = url.split("://", 1)[1].rsplit("@", 1)[0]
             if ":" in creds:

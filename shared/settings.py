@@ -68,6 +68,31 @@ def _non_negative_float(raw: str) -> float:
     return value
 
 
+def _amqp_urls(raw: str) -> str:
+    """One URL, or a comma-separated list of a cluster's nodes; each must name its scheme."""
+    urls = [part.strip() for part in raw.split(",") if part.strip()]
+    if not urls:
+        raise ValueError("expected amqp://... or a comma-separated list of node URLs")
+    for url in urls:
+        if not url.startswith(("amqp://", "amqps://")):
+            raise ValueError("each URL must start with amqp:// or amqps://")
+    return ",".join(urls)
+
+
+def _host_ports(raw: str) -> tuple[tuple[str, int], ...]:
+    out = []
+    for part in (p.strip() for p in raw.split(",")):
+        if not part:
+            continue
+        host, colon, port = part.rpartition(":")
+        if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("expected host:port[,host:port...]")
+        out.append((host.strip("[]"), int(port)))
+    if not out:
+        raise ValueError("expected host:port[,host:port...]")
+    return tuple(out)
+
+
 def _env(name: str, parse: Callable[[str], Any] = str) -> Any:
     """Field metadata: which env var feeds the field and how to parse it."""
     return {"env": name, "parse": parse}
@@ -78,10 +103,23 @@ class Settings:
     amqp_url: str = field(
         default="amqp://guest:guest@localhost:5672/",
         repr=False,  # may carry a password
-        metadata=_env("BOTRELAY_AMQP_URL"),
+        metadata=_env("BOTRELAY_AMQP_URL", _amqp_urls),
+    )
+    # Replicas per quorum queue; unset: every node listed in BOTRELAY_AMQP_URL, as an odd number
+    # of at most 5 (see ``quorum_group_size``).
+    quorum_size: int | None = field(
+        default=None, metadata=_env("BOTRELAY_QUORUM_SIZE", _positive_int)
     )
     prefix: str = field(default="botrelay", metadata=_env("BOTRELAY_PREFIX"))
     redis_url: str | None = field(default=None, repr=False, metadata=_env("BOTRELAY_REDIS_URL"))
+    # Redis through Sentinel: the sentinels to ask and the name of the primary they watch.
+    # BOTRELAY_REDIS_URL, when set too, gives the primary's password, database and TLS.
+    redis_sentinels: tuple[tuple[str, int], ...] = field(
+        default=(), metadata=_env("BOTRELAY_REDIS_SENTINELS", _host_ports)
+    )
+    redis_sentinel_master: str | None = field(
+        default=None, metadata=_env("BOTRELAY_REDIS_SENTINEL_MASTER")
+    )
     callback_username: str | None = field(
         default=None, metadata=_env("BOTRELAY_CALLBACK_USERNAME")
     )
@@ -249,8 +287,35 @@ class Settings:
                 f"BOTRELAY_REPLY_BUDGET ({self.dedup_lease} <= "
                 f"{self.handler_timeout} + {self.reply_budget})"
             )
+        if bool(self.redis_sentinels) != bool(self.redis_sentinel_master):
+            raise SettingsError(
+                "set both BOTRELAY_REDIS_SENTINELS and BOTRELAY_REDIS_SENTINEL_MASTER, or neither"
+            )
         if not self.prefix or any(c in self.prefix for c in " /#*"):
             raise SettingsError(f"BOTRELAY_PREFIX={self.prefix!r} must be a plain name")
+
+    @property
+    def amqp_urls(self) -> tuple[str, ...]:
+        """The broker nodes, in the order they are tried."""
+        return tuple(part.strip() for part in self.amqp_url.split(",") if part.strip())
+
+    @property
+    def quorum_group_size(self) -> int | None:
+        """Replicas of each quorum queue, or None to leave it to the broker (one URL: the
+        single-node default, and queues declared before this setting existed stay as they are).
+        By default an odd number: an even one adds a copy but no tolerance of a lost node."""
+        if self.quorum_size is not None:
+            return self.quorum_size
+        nodes = len(self.amqp_urls)
+        if nodes < 2:
+            return None
+        size = min(nodes, 5)
+        return size if size % 2 else size - 1
+
+    @property
+    def redis_enabled(self) -> bool:
+        """A shared Redis is configured: by URL, or through Sentinel."""
+        return bool(self.redis_url or self.redis_sentinels)
 
     @property
     def auth_enabled(self) -> bool:

@@ -18,6 +18,12 @@ With ``none`` there is only the shared queue ``P.inbound``. It exists in both mo
 worker consumes it, so a message published under the plain ``inbound`` key (by a tool, or by an
 ingress still running the other mode during a switch) is never stranded.
 
+On a cluster (several URLs in ``BOTRELAY_AMQP_URL``, or ``BOTRELAY_QUORUM_SIZE`` set) every queue
+is declared with ``x-quorum-initial-group-size`` (``Settings.quorum_group_size``) and
+``x-queue-leader-locator: balanced``, so the leaders spread over the nodes instead of all sitting
+on the node that declared them first. With one URL neither is sent: the broker's defaults, and
+queues declared by earlier versions match their declaration exactly.
+
 Every queue rejects publishes when full (``x-overflow: reject-publish``), so a flooded broker
 answers the publisher with a nack (the ingress turns that into 503) instead of dropping anything.
 """
@@ -137,14 +143,20 @@ def delay_for_attempt(delays: tuple[float, ...], attempt: int) -> float:
     return delays[min(attempt, len(delays)) - 1]
 
 
-def _quorum(**extra: Any) -> dict[str, Any]:
-    return {"x-queue-type": "quorum", "x-overflow": "reject-publish", **extra}
+def _quorum(settings: Settings, **extra: Any) -> dict[str, Any]:
+    arguments: dict[str, Any] = {"x-queue-type": "quorum", "x-overflow": "reject-publish"}
+    size = settings.quorum_group_size
+    if size is not None:
+        arguments["x-quorum-initial-group-size"] = size
+        arguments["x-queue-leader-locator"] = "balanced"
+    return {**arguments, **extra}
 
 
 def inbound_arguments(settings: Settings) -> dict[str, Any]:
     # A message the broker gives up on (a delivery limit reached on RabbitMQ 4.x) goes to the
     # DLQ instead of vanishing.
     return _quorum(
+        settings,
         **{
             "x-max-length": settings.inbound_max_length,
             "x-dead-letter-exchange": exchange_name(settings.prefix),
@@ -160,6 +172,7 @@ def partition_arguments(settings: Settings) -> dict[str, Any]:
 
 def retry_arguments(settings: Settings, seconds: float) -> dict[str, Any]:
     return _quorum(
+        settings,
         **{
             "x-message-ttl": round(seconds * 1000),
             "x-max-length": SIDE_QUEUE_MAX_LENGTH,
@@ -169,8 +182,8 @@ def retry_arguments(settings: Settings, seconds: float) -> dict[str, Any]:
     )
 
 
-def dead_arguments() -> dict[str, Any]:
-    return _quorum(**{"x-max-length": SIDE_QUEUE_MAX_LENGTH})
+def dead_arguments(settings: Settings) -> dict[str, Any]:
+    return _quorum(settings, **{"x-max-length": SIDE_QUEUE_MAX_LENGTH})
 
 
 async def _queue(channel: AbstractChannel, name: str, arguments: dict[str, Any]
@@ -200,7 +213,7 @@ async def declare(channel: AbstractChannel, settings: Settings) -> AbstractExcha
         for n in range(settings.partitions):
             queue = await _queue(channel, partition_queue(prefix, n), arguments)
             await queue.bind(exchange, partition_key(n))
-    dead = await _queue(channel, dead_queue(prefix), dead_arguments())
+    dead = await _queue(channel, dead_queue(prefix), dead_arguments(settings))
     await dead.bind(exchange, DEAD_KEY)
     for seconds in settings.retry_delays:
         name = retry_queue(prefix, seconds)

@@ -378,7 +378,7 @@ class Consumer:
                       extra={"conversation": msg.conversation_id})
             self._abandoned.add(job)
             with contextlib.suppress(DedupUnavailable):
-                await self.dedup.release(key, claim.token)
+                await self.dedup.release(key, claim.token, pen=ctx.pen)
         if ctx.timed_out:
             raise TransientError(
                 f"handler did not finish within {self.settings.handler_timeout:g}s")
@@ -423,7 +423,7 @@ class Consumer:
                 ctx.unsure = False
                 if i + 1 < len(bodies):
                     try:
-                        await self.dedup.progress(key, i + 1)
+                        await self.dedup.progress(key, i + 1, ctx.pen)
                     except DedupUnavailable as exc:
                         raise Unrecorded(i + 1, exc) from exc
             try:
@@ -436,7 +436,7 @@ class Consumer:
             # A rate-limit wait raises before any request is made.
             unsure = (ctx.sending or ctx.unsure) and not isinstance(exc, RateLimited)
             with contextlib.suppress(DedupUnavailable):
-                await self.dedup.release(key, claim.token, unsure=unsure)
+                await self.dedup.release(key, claim.token, unsure=unsure, pen=ctx.pen)
             raise
         return len(bodies)
 

@@ -23,12 +23,23 @@ Every claim in ordered mode also puts its message at the head of its pen (in the
 extra round trip), and ``done`` takes it off. So while a message is in flight on one worker, a
 later message of its conversation that reaches another worker (a partition hand-over, a crash, a
 paused worker) is parked behind it instead of overtaking it.
+
+**Done marks.** In ordered mode a done callback is one field of its conversation's hash
+``P:done:{pen}`` (``_DONE``), about 40 bytes where a key of its own took about 200
+(``bench/dedup_memory.py``). Without a pen the state key holds ``done``.
+
+**Key names.** Every key of one callback and its conversation shares a Redis Cluster hash tag,
+``{pen}`` (or ``{key}`` without one), so that work sits in one slot. The claim script also reads
+liveness keys (``P:alive:...``, ``worker.liveness``): the claimer's own, and the one its holder's
+claim names. Those are in other slots, so the claim script needs one Redis (a primary with
+replicas and Sentinel), not Redis Cluster: fencing to a live worker comes first.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import hashlib
 import logging
 import secrets
 import time
@@ -39,6 +50,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from botrelay.shared.errors import DedupUnavailable
+from botrelay.shared.redis_connect import FAILOVER_WAIT, make_redis
 from botrelay.shared.settings import Settings
 from botrelay.worker.liveness import Live, LocalLiveness
 from botrelay.worker.redis_batch import ScriptBatcher
@@ -73,9 +85,10 @@ class DedupStore(Protocol):
     liveness: Live
 
     async def claim(self, key: str, pen: str | None = None) -> Claim: ...
-    async def progress(self, key: str, sent: int) -> None: ...
+    async def progress(self, key: str, sent: int, pen: str | None = None) -> None: ...
     async def done(self, key: str, token: str, pen: str | None = None) -> None: ...
-    async def release(self, key: str, token: str, unsure: bool = False) -> None: ...
+    async def release(self, key: str, token: str, unsure: bool = False,
+                      pen: str | None = None) -> None: ...
     async def hold(self, key: str, pen: str, delay: float) -> None: ...
     async def unhold(self, key: str, pen: str) -> None: ...
     async def close(self) -> None: ...
@@ -134,7 +147,7 @@ class MemoryDedup:
         return Claim(Status.CLAIMED, token, self._sent.get(key, 0), unsure=key in self._unsure,
                      owner=self.liveness.owner)
 
-    async def progress(self, key: str, sent: int) -> None:
+    async def progress(self, key: str, sent: int, pen: str | None = None) -> None:
         self._sent[key] = sent
 
     async def done(self, key: str, token: str, pen: str | None = None) -> None:
@@ -163,7 +176,8 @@ class MemoryDedup:
             if not entry[0]:
                 del self._pens[pen]
 
-    async def release(self, key: str, token: str, unsure: bool = False) -> None:
+    async def release(self, key: str, token: str, unsure: bool = False,
+                      pen: str | None = None) -> None:
         if self._get(key, time.monotonic()) == token:
             del self._keys[key]
             if unsure:
@@ -173,8 +187,15 @@ class MemoryDedup:
         self._keys.clear()
 
 
-# KEYS: state, progress, unsure, our liveness[, pen, pen delay]; ARGV: claim value
-# ("token|owner's liveness key"), lease ms, key, pen ttl ms.
+# Done marks. With a pen (ordered mode) a callback is remembered as one field of its
+# conversation's hash ``P:done:{pen}``: an 8-byte digest of its key -> the second it expires.
+# Redis stores a small hash as one packed listpack: about 40 bytes a callback at 10 callbacks a
+# conversation, against about 200 for a key of its own (``bench/dedup_memory.py``). Fields past
+# their second are pruned as the hash grows, and the hash itself expires a TTL after its last
+# write. Without a pen, and for marks written before, the state key holds 'done'.
+#
+# KEYS: state, progress, unsure, our liveness[, pen, pen delay[, done hash]]; ARGV: claim value
+# ("token|owner's liveness key"), lease ms, key, pen ttl ms[, done field].
 # Returns {status, n, unsure}: 0 claimed (n = replies sent), 1 done, 2 busy (n = ms until the
 # holder's liveness lapses at the latest), 3 parked (n = delay ms), 4 we are not alive.
 # The holder's liveness key is read from the claim itself: fine on one Redis (not a cluster).
@@ -182,6 +203,10 @@ _CLAIM = """
 if redis.call('EXISTS', KEYS[4]) == 0 then return {4, 0, 0} end
 local v = redis.call('GET', KEYS[1])
 local penned = #KEYS >= 5
+if #KEYS >= 7 and v ~= 'done' then
+  local expires = redis.call('HGET', KEYS[7], ARGV[5])
+  if expires and tonumber(expires) > tonumber(redis.call('TIME')[1]) then v = 'done' end
+end
 if v == 'done' then
   if penned and redis.call('LINDEX', KEYS[5], 0) == ARGV[3] then redis.call('LPOP', KEYS[5]) end
   return {1, 0, 0}
@@ -212,9 +237,22 @@ if penned then
 end
 return {0, tonumber(redis.call('GET', KEYS[2]) or '0'), unsure}
 """
-# KEYS: state, progress, unsure[, pen]; ARGV: ttl ms, key.
+# KEYS: state, progress, unsure[, pen[, done hash]]; ARGV: ttl ms, key[, done field].
 _DONE = """
-redis.call('SET', KEYS[1], 'done', 'PX', ARGV[1])
+if #KEYS >= 5 then
+  local now = tonumber(redis.call('TIME')[1])
+  local n = redis.call('HSET', KEYS[5], ARGV[3], now + math.ceil(ARGV[1] / 1000))
+  redis.call('PEXPIRE', KEYS[5], ARGV[1])
+  redis.call('DEL', KEYS[1])
+  if n == 1 and redis.call('HLEN', KEYS[5]) % 32 == 0 then
+    local all = redis.call('HGETALL', KEYS[5])
+    for i = 1, #all, 2 do
+      if tonumber(all[i + 1]) <= now then redis.call('HDEL', KEYS[5], all[i]) end
+    end
+  end
+else
+  redis.call('SET', KEYS[1], 'done', 'PX', ARGV[1])
+end
 redis.call('DEL', KEYS[2], KEYS[3])
 if #KEYS >= 4 and redis.call('LINDEX', KEYS[4], 0) == ARGV[2] then redis.call('LPOP', KEYS[4]) end
 return 1
@@ -249,13 +287,16 @@ class RedisDedup:
     heartbeat (``worker.liveness.Liveness``) before the first claim."""
 
     def __init__(self, client: aioredis.Redis, prefix: str, lease: float, ttl: float,
-                 pen_ttl: float = 3600.0, liveness: Live | None = None) -> None:
+                 pen_ttl: float = 3600.0, liveness: Live | None = None,
+                 claim_wait: float = CLAIM_WAIT) -> None:
         self.client = client
         self.prefix = prefix
         self.lease_ms = int(lease * 1000)
         self.ttl_ms = int(ttl * 1000)
         self.pen_ttl_ms = int(pen_ttl * 1000)
         self.liveness: Live = liveness or LocalLiveness(f"{prefix}:alive:unset")
+        # How long a claim waits for this worker's lapsed liveness to be valid again.
+        self.claim_wait = claim_wait
         # Claims and done marks, the two calls every delivery makes, share pipelines (with the
         # rate limiter's reservations when it uses this client too).
         self._batch = ScriptBatcher.of(client)
@@ -266,30 +307,38 @@ class RedisDedup:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RedisDedup:
-        assert settings.redis_url
-        client = aioredis.Redis.from_url(
-            settings.redis_url,
+        client = make_redis(
+            settings,
             socket_timeout=2.0,
             socket_connect_timeout=2.0,
             health_check_interval=15,
             max_connections=settings.concurrency * 2,
         )
+        # Through Sentinel a failover is waited out (``shared.redis_connect``), and it outlasts
+        # the heartbeat's TTL: a claim waits for the next session that long, not CLAIM_WAIT.
         return cls(client, settings.prefix, settings.dedup_lease, settings.dedup_ttl,
-                   pen_ttl=pen_ttl(settings))
+                   pen_ttl=pen_ttl(settings),
+                   claim_wait=FAILOVER_WAIT if settings.redis_sentinels else CLAIM_WAIT)
 
-    def keys(self, key: str) -> list[str]:
-        return [f"{self.prefix}:dedup:{key}", f"{self.prefix}:sent:{key}",
-                f"{self.prefix}:unsure:{key}"]
+    # Every key of one callback and its pen shares a Redis Cluster hash tag, ``{pen}`` (or
+    # ``{key}`` without one): see the module's "Key names".
+    def keys(self, key: str, pen: str | None = None) -> list[str]:
+        tag = f"{{{pen}}}:{key}" if pen is not None else f"{{{key}}}"
+        return [f"{self.prefix}:dedup:{tag}", f"{self.prefix}:sent:{tag}",
+                f"{self.prefix}:unsure:{tag}"]
 
     def pen_keys(self, pen: str) -> list[str]:
-        return [f"{self.prefix}:pen:{pen}", f"{self.prefix}:pendelay:{pen}"]
+        return [f"{self.prefix}:pen:{{{pen}}}", f"{self.prefix}:pendelay:{{{pen}}}"]
+
+    def done_key(self, pen: str) -> str:
+        return f"{self.prefix}:done:{{{pen}}}"
 
     async def claim(self, key: str, pen: str | None = None) -> Claim:
         """A lapsed liveness (a pause, a slow Redis) waits for the next heartbeat's new session
         instead of failing at once: a message delayed without a claim would let the next one
         of its conversation overtake it."""
         for _ in range(2):
-            if not await self.liveness.wait_valid(CLAIM_WAIT):
+            if not await self.liveness.wait_valid(self.claim_wait):
                 raise NotAlive("this worker's liveness lapsed; not claiming")
             claim = await self._claim_once(key, pen)
             if claim is not None:
@@ -303,10 +352,13 @@ class RedisDedup:
     async def _claim_once(self, key: str, pen: str | None) -> Claim | None:
         owner = self.liveness.owner
         token = f"{secrets.token_hex(16)}|{owner}"
-        keys = [*self.keys(key), owner, *(self.pen_keys(pen) if pen is not None else [])]
+        keys = [*self.keys(key, pen), owner]
+        args: list[str | int | bytes] = [token, self.lease_ms, key, self.pen_ttl_ms]
+        if pen is not None:
+            keys += [*self.pen_keys(pen), self.done_key(pen)]
+            args.append(done_field(key))
         try:
-            status, n, unsure = await self._claim(
-                keys=keys, args=[token, self.lease_ms, key, self.pen_ttl_ms])
+            status, n, unsure = await self._claim(keys=keys, args=args)
         except _REDIS_ERRORS as exc:
             raise DedupUnavailable(f"dedup store unreachable: {type(exc).__name__}") from exc
         if int(status) == 4:
@@ -318,16 +370,20 @@ class RedisDedup:
             return Claim(state)
         return Claim(state, token, int(n), unsure=bool(int(unsure)), owner=owner)
 
-    async def progress(self, key: str, sent: int) -> None:
+    async def progress(self, key: str, sent: int, pen: str | None = None) -> None:
         try:
-            await self.client.set(self.keys(key)[1], sent, px=self.ttl_ms)
+            await self.client.set(self.keys(key, pen)[1], sent, px=self.ttl_ms)
         except _REDIS_ERRORS as exc:
             raise DedupUnavailable(f"dedup store unreachable: {type(exc).__name__}") from exc
 
     async def done(self, key: str, token: str, pen: str | None = None) -> None:
-        keys = self.keys(key) + (self.pen_keys(pen)[:1] if pen is not None else [])
+        keys = self.keys(key, pen)
+        args: list[str | int | bytes] = [self.ttl_ms, key]
+        if pen is not None:
+            keys += [self.pen_keys(pen)[0], self.done_key(pen)]
+            args.append(done_field(key))
         try:
-            await self._done(keys=keys, args=[self.ttl_ms, key])
+            await self._done(keys=keys, args=args)
         except _REDIS_ERRORS as exc:
             raise DedupUnavailable(f"dedup store unreachable: {type(exc).__name__}") from exc
 
@@ -344,8 +400,9 @@ class RedisDedup:
         except _REDIS_ERRORS as exc:
             raise DedupUnavailable(f"dedup store unreachable: {type(exc).__name__}") from exc
 
-    async def release(self, key: str, token: str, unsure: bool = False) -> None:
-        state, _, unsure_key = self.keys(key)
+    async def release(self, key: str, token: str, unsure: bool = False,
+                      pen: str | None = None) -> None:
+        state, _, unsure_key = self.keys(key, pen)
         try:
             await self._release(keys=[state, unsure_key],
                                 args=[token, 1 if unsure else 0, self.ttl_ms])
@@ -357,13 +414,19 @@ class RedisDedup:
         await self.client.aclose()
 
 
+def done_field(key: str) -> bytes:
+    """A callback's field in its conversation's done hash: 8 bytes of a digest of its key (two
+    keys of one conversation share it with odds of about n^2 / 2^65)."""
+    return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+
+
 def pen_ttl(settings: Settings) -> float:
     """How long a pen outlives its last use: past the longest retry delay, twice over."""
     return max(settings.retry_delays) * 2 + settings.dedup_lease
 
 
 def make_store(settings: Settings) -> DedupStore:
-    if settings.redis_url:
+    if settings.redis_enabled:
         return RedisDedup.from_settings(settings)
     log.warning(
         "BOTRELAY_REDIS_URL is not set: deduplication is in this process's memory. Right for "

@@ -63,7 +63,7 @@ def queue_specs(settings: Settings) -> list[QueueSpec]:
         specs += [QueueSpec(topology.partition_queue(prefix, n),
                             topology.partition_arguments(settings), exchange,
                             topology.partition_key(n)) for n in range(settings.partitions)]
-    specs.append(QueueSpec(topology.dead_queue(prefix), topology.dead_arguments(), exchange,
+    specs.append(QueueSpec(topology.dead_queue(prefix), topology.dead_arguments(settings), exchange,
                            topology.DEAD_KEY))
     for seconds in settings.retry_delays:
         name = topology.retry_queue(prefix, seconds)

@@ -173,7 +173,9 @@ class RedisLeases:
         return f"{self.prefix}:members"
 
     def _lease_key(self, partition: int) -> str:
-        return f"{self.prefix}:partition:{partition}"
+        # One hash tag for every lease: the renewal script takes them all in one call, which
+        # Redis Cluster allows only within one slot.
+        return f"{self.prefix}:partition:{{{self.prefix}}}:{partition}"
 
     async def heartbeat(self) -> list[str]:
         members = await self._heartbeat(

@@ -10,8 +10,9 @@ of the configured limit per second. Without ``BOTRELAY_REDIS_URL`` the same algo
 process memory (right for one worker); if Redis cannot be reached, a worker falls back to
 its in-memory bucket for that request rather than stop replying.
 
-Keys: ``{prefix}:rl:{app}`` and ``{prefix}:rl:{app}:to:{receiver}``; ``app`` is the reply API
-base URL, which names the app (``https://{appId}.api-{region}.cometchat.io/v3``).
+Keys: ``{prefix}:rl:{{app}}`` and ``{prefix}:rl:{{app}}:to:{receiver}``; ``app`` is the reply
+API base URL, which names the app (``https://{appId}.api-{region}.cometchat.io/v3``). The braces
+are a Redis Cluster hash tag: both buckets of one reservation sit in one slot.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import redis.exceptions
 
 from botrelay.shared.errors import TransientError
 from botrelay.shared.metrics import WorkerMetrics
+from botrelay.shared.redis_connect import make_redis
 from botrelay.shared.settings import Settings
 from botrelay.worker.redis_batch import ScriptBatcher
 
@@ -250,15 +252,14 @@ class RedisRateLimiter(RateLimiter):
     @classmethod
     def from_settings(cls, settings: Settings, metrics: WorkerMetrics | None = None
                       ) -> RedisRateLimiter:
-        assert settings.redis_url
-        client = aioredis.Redis.from_url(
-            settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0,
+        client = make_redis(
+            settings, socket_timeout=2.0, socket_connect_timeout=2.0,
             health_check_interval=15, max_connections=settings.concurrency * 2,
         )
         return cls(client, settings.prefix, Limits.from_settings(settings), metrics)
 
     def keys(self, app: str, receiver: str) -> list[str]:
-        base = f"{self.prefix}:rl:{app}"
+        base = f"{self.prefix}:rl:{{{app}}}"
         return [base, f"{base}:to:{receiver}"]
 
     def _fallback(self, exc: BaseException) -> None:
@@ -305,8 +306,8 @@ def make_limiter(settings: Settings, metrics: WorkerMetrics | None = None,
     limits = Limits.from_settings(settings)
     if not limits.enabled:
         return None
-    if settings.redis_url and client is not None:
+    if settings.redis_enabled and client is not None:
         return RedisRateLimiter(client, settings.prefix, limits, metrics, owns_client=False)
-    if settings.redis_url:
+    if settings.redis_enabled:
         return RedisRateLimiter.from_settings(settings, metrics)
     return RateLimiter(limits, metrics)

@@ -39,6 +39,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import redis.exceptions
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from botrelay.shared.wakeup import Wakeup
 
@@ -86,6 +88,12 @@ class ScriptBatcher:
         kwargs = dict(pool.connection_kwargs)
         self.timeout = float(kwargs.get("socket_timeout") or DEFAULT_TIMEOUT)
         kwargs["socket_timeout"] = None  # one deadline per batch replaces per-call timers
+        # A client built to ride out a failover (Sentinel: ``shared.redis_connect``) retries a
+        # call several times; a batch gets as many attempts, paced here, so the connection
+        # itself must not retry inside a batch's deadline.
+        retry = kwargs.get("retry")
+        self.attempts = max(2, 1 + retry.get_retries()) if retry is not None else 2
+        kwargs["retry"] = Retry(NoBackoff(), 0)
         self._connect_kwargs = kwargs
         self._connection_class = pool.connection_class
         self._connection: Any = None
@@ -98,6 +106,7 @@ class ScriptBatcher:
         # Script reloads and disconnects of broken connections, running beside the loops.
         self._side_tasks: set[asyncio.Task[None]] = set()
         self._quiet = asyncio.Event()  # nothing pending, nothing in flight
+        self._closed = False
 
     @classmethod
     def of(cls, client: aioredis.Redis) -> ScriptBatcher:
@@ -255,19 +264,30 @@ class ScriptBatcher:
 
     def _retry_or_fail(self, calls: list[_Call], attempt: int, exc: BaseException, *,
                        written: bool) -> None:
-        """Send again, once, what a lost connection took, where that cannot run a script twice
-        that must run once: all of a batch never written, the idempotent calls of one written."""
-        if attempt != 1 or not isinstance(exc, _RETRY_ONCE):
+        """Send again what a lost connection took, where that cannot run a script twice that
+        must run once: all of a batch never written, the idempotent calls of one written."""
+        if attempt >= self.attempts or not isinstance(exc, _RETRY_ONCE):
             _fail(calls, exc)
             return
-        again = [call for call in calls if not written or call[0].idempotent]
+        again = [(call, attempt + 1) for call in calls if not written or call[0].idempotent]
         if again:
-            self._queue([(call, 2) for call in again])
+            if attempt == 1:
+                self._queue(again)  # at once: a dead pooled connection, most often
+            else:  # the server itself is away (a failover): back off a little each time
+                pause = min(0.05 * 2 ** (attempt - 2), 0.5)
+                asyncio.get_running_loop().call_later(pause, self._requeue, again)
         if len(again) < len(calls):
             _fail([call for call in calls if written and not call[0].idempotent], exc)
 
+    def _requeue(self, calls: list[tuple[_Call, int]]) -> None:
+        if self._closed:
+            _fail([call for call, _ in calls], ConnectionError("batcher closed"))
+        else:
+            self._queue(calls)
+
     async def close(self) -> None:
         """Let the calls already made finish (their callers are waiting), then disconnect."""
+        self._closed = True
         if self._pending or self._in_flight or self._side_tasks:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._quiet.wait(), self.timeout)

@@ -31,6 +31,7 @@ from aiohttp import web
 from botrelay.shared import topology
 from botrelay.shared.broker import BrokerLink
 from botrelay.shared.metrics import CONTENT_TYPE_LATEST, render
+from botrelay.shared.redis_connect import make_redis
 from botrelay.shared.settings import Settings
 from botrelay.worker.assembly import assemble
 from botrelay.worker.bot import Bot
@@ -71,11 +72,10 @@ class Worker:
         self.replies = parts.replies
         self.lookup = parts.lookup
         self.liveness: Liveness | None = None
-        if settings.redis_url:
+        if settings.redis_enabled:
             # A client of its own: a heartbeat must not queue behind a burst of claims.
-            self._liveness_client = aioredis.Redis.from_url(
-                settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0,
-                max_connections=2)
+            self._liveness_client = make_redis(
+                settings, socket_timeout=1.0, socket_connect_timeout=1.0, max_connections=2)
             self.liveness = Liveness(self._liveness_client, settings.prefix, self.id)
             if isinstance(self.dedup, RedisDedup):
                 self.dedup.liveness = self.liveness
@@ -129,7 +129,7 @@ class Worker:
                  self._inbound, self.settings.concurrency, self.settings.ordering)
 
     def _leases(self) -> Leases:
-        if not self.settings.redis_url:
+        if not self.settings.redis_enabled:
             return SoloLeases(self.id)
         if isinstance(self.dedup, RedisDedup):
             # The dedup store's connection pool serves the leases too (it closes it at stop,
@@ -137,8 +137,7 @@ class Worker:
             assert self.liveness is not None
             return RedisLeases(self.dedup.client, self.settings.prefix, self.liveness)
         assert self.liveness is not None
-        self._redis = aioredis.Redis.from_url(self.settings.redis_url, socket_timeout=2.0,
-                                              socket_connect_timeout=2.0)
+        self._redis = make_redis(self.settings, socket_timeout=2.0, socket_connect_timeout=2.0)
         return RedisLeases(self._redis, self.settings.prefix, self.liveness)
 
     async def _subscribe(self, name: str, prefetch: int, callback: Any) -> str:

@@ -13,6 +13,7 @@ import time
 import pytest
 
 from botrelay.shared.fake_cometchat import RunningFake
+from botrelay.worker.dedup import RedisDedup
 from botrelay.worker.service import Worker
 from examples.echo_bot import bot
 from tests.helpers import (
@@ -121,7 +122,10 @@ async def test_stuck_claim_of_a_dead_worker_expires_with_its_lease(
     settings = redis_settings(dedup_lease=5.0)
     ingress = await start_ingress(settings)
     doc = text_callback("777", "claimed by a ghost")
-    key = f"{settings.prefix}:dedup:2248348660ad9bd4:demo_bot:after_message:777"
+    # The claim key of this callback, in its conversation's pen (ordered mode).
+    key = RedisDedup(redis_client, settings.prefix, 5.0, 60.0).keys(
+        "2248348660ad9bd4:demo_bot:after_message:777",
+        "2248348660ad9bd4:demo_bot:cometchat-uid-1_user_demo_bot")[0]
     # A worker that died holding the claim: the key is held, nobody will release it.
     await redis_client.set(key, "ghost-token", px=3000)
     started = time.monotonic()

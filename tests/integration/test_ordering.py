@@ -83,7 +83,8 @@ def _order_by_conversation(fake) -> dict[int, list[int]]:
 
 
 async def _lease_holders(redis_client, prefix: str) -> list[str | None]:
-    values = await redis_client.mget([f"{prefix}:partition:{n}" for n in range(PARTITIONS)])
+    values = await redis_client.mget([f"{prefix}:partition:{{{prefix}}}:{n}"
+                                      for n in range(PARTITIONS)])
     return [v.decode() if v else None for v in values]
 
 

@@ -17,6 +17,7 @@ import orjson
 import pytest
 
 from botrelay.shared.fake_cometchat import RunningFake
+from botrelay.worker.console.holders import lease_key
 from tests.helpers import WorkerProcess, muid_counts, text_callback, wait_for
 from tests.integration.processes import count_lines, start_worker, terminate_worker
 
@@ -103,7 +104,7 @@ async def _stream(url: str, replies: Replies, posted: dict[str, float], *,
 async def _wait_spread(redis_client, prefix: str, partitions: int, workers: int) -> bool:
     stop_at = time.monotonic() + 20
     while time.monotonic() < stop_at:
-        values = await redis_client.mget([f"{prefix}:partition:{n}" for n in range(partitions)])
+        values = await redis_client.mget([lease_key(prefix, n) for n in range(partitions)])
         holders = {v for v in values if v}
         if len(holders) == workers and None not in values:
             return True

@@ -68,6 +68,35 @@ async def test_a_worker_whose_liveness_lapsed_neither_claims_nor_may_send(client
     assert (await a.claim("k5")).status is Status.CLAIMED
 
 
+async def test_with_a_wait_a_claim_waits_for_a_new_session_under_a_bound(client, prefix
+                                                                           ) -> None:
+    # Sentinel mode: a failover outlasts the liveness TTL; a claim waits for the next session
+    # instead of being refused (and its message delayed outside its conversation's pen).
+    live, _ = await _worker(client, prefix, "a", ttl=1.0)
+    store = RedisDedup(client, prefix, lease=30.0, ttl=60.0, liveness=live, claim_wait=2.0)
+    old = live.owner
+    await asyncio.sleep(1.1)  # lapsed
+
+    async def beat_later() -> None:
+        await asyncio.sleep(0.3)
+        await live.beat()
+
+    beating = asyncio.create_task(beat_later())
+    started = asyncio.get_running_loop().time()
+    claim = await store.claim("w1", "conv")
+    waited = asyncio.get_running_loop().time() - started
+    await beating
+    assert claim.status is Status.CLAIMED and claim.owner == live.owner != old
+    assert 0.25 < waited < 1.5
+    # Nobody renews it: the wait is bounded, then refused as before.
+    bounded = RedisDedup(client, prefix, lease=30.0, ttl=60.0, liveness=live, claim_wait=0.3)
+    await asyncio.sleep(1.1)
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(NotAlive):
+        await bounded.claim("w2")
+    assert asyncio.get_running_loop().time() - started < 1.0
+
+
 async def test_a_message_in_flight_parks_the_next_one_of_its_conversation_anywhere(
         client, prefix) -> None:
     _, a = await _worker(client, prefix, "a")

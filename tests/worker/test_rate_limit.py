@@ -97,7 +97,7 @@ async def test_redis_buckets_are_shared_between_workers(redis_url, prefix, redis
         await workers[0].slow_down("app", 1.0)
         wait = await workers[1]._reserve("app", "r")
         assert wait >= 950  # the 1 s hold, less the milliseconds between the two calls
-        assert await redis_client.exists(f"{prefix}:rl:app")
+        assert await redis_client.exists(f"{prefix}:rl:{{app}}")
     finally:
         for w in workers:
             await w.close()

@@ -3,7 +3,7 @@
 The broker cannot say it: a partition queue's single active consumer is not visible over AMQP
 (only its consumer count is), and the management plugin may not be there. The workers agree on
 partitions through Redis (``worker.partitions``): a sorted set ``P:members`` of live workers
-(score = when its heartbeat expires) and one lease key ``P:partition:N`` per partition holding
+(score = when its heartbeat expires) and one lease key ``P:partition:{P}:N`` per partition holding
 its owner: the liveness key of the owner's session, ``P:alive:<worker id>.<session>``
 (``worker.liveness``). Reading them is plain GETs: the console changes nothing there.
 """
@@ -29,7 +29,8 @@ def members_key(prefix: str) -> str:
 
 
 def lease_key(prefix: str, partition: int) -> str:
-    return f"{prefix}:partition:{partition}"
+    # As ``worker.partitions.RedisLeases`` names them: one hash tag, ``{prefix}``, for all.
+    return f"{prefix}:partition:{{{prefix}}}:{partition}"
 
 
 def _text(value: object) -> str:

@@ -15,6 +15,7 @@ from aio_pika.abc import AbstractConnection
 
 from botrelay.shared import topology
 from botrelay.shared.broker import connect
+from botrelay.shared.redis_connect import make_redis
 from botrelay.shared.settings import Settings
 from botrelay.worker.console import holders
 from botrelay.worker.console.flow import FlowPoint, Scraper
@@ -97,8 +98,8 @@ class History:
         self.samples: deque[Snapshot] = deque(maxlen=HISTORY)
         self.flow: deque[FlowPoint] = deque(maxlen=HISTORY)
         self.scraper = Scraper(metrics_urls)
-        self._redis = (aioredis.Redis.from_url(settings.redis_url, socket_timeout=2)
-                       if settings.redis_url else None)
+        self._redis = (make_redis(settings, socket_timeout=2)
+                       if settings.redis_enabled else None)
         self._task: asyncio.Task[None] | None = None
 
     async def workers(self, partitions: int) -> list[WorkerRow] | None:
