@@ -79,11 +79,10 @@ FAULTS = [
     fault(
         "no-confirm-wait", "the ingress answers 200 without waiting for the broker's confirm",
         "shared/broker.py",
-        "                await self._batcher.publish(underlay, exchange.name, routing_key, body,\n"
-        "                                            callback_properties(message_id, headers))\n",
-        "                asyncio.ensure_future(self._batcher.publish(\n"
-        "                    underlay, exchange.name, routing_key, body,\n"
-        "                    callback_properties(message_id, headers)))\n",
+        "            await self._batcher.publish(underlay, exchange.name, routing_key, body, "
+        "properties)\n",
+        "            asyncio.ensure_future(self._batcher.publish(\n"
+        "                underlay, exchange.name, routing_key, body, properties))\n",
         ("tests/integration/test_ingress_shutdown.py",
          "tests/integration/test_back_pressure.py"),
     ),
@@ -127,7 +126,7 @@ FAULTS = [
         "no-claim-release", "a failed attempt keeps its dedup claim until the lease expires",
         "worker/consumer.py",
         "            with contextlib.suppress(DedupUnavailable):\n"
-        "                await self.dedup.release(key, claim.token, unsure=unsure)\n",
+        "                await self.dedup.release(key, claim.token, unsure=unsure, pen=ctx.pen)\n",
         "            pass\n",
         ("tests/integration/test_graceful_shutdown.py",
          "tests/integration/test_retry_semantics.py"),
@@ -190,10 +189,12 @@ FAULTS = [
     fault(
         "transient-callbacks", "callbacks wait as transient messages in classic queues",
         "shared/topology.py",
-        '    return {"x-queue-type": "quorum", "x-overflow": "reject-publish", **extra}\n',
-        # (without the quorum-only argument, which a classic queue refuses)
-        '    return {"x-queue-type": "classic", "x-overflow": "reject-publish",\n'
-        '            **{k: v for k, v in extra.items() if k != "x-dead-letter-strategy"}}\n',
+        '    return {**arguments, **extra}\n',
+        # (without the quorum-only arguments, which a classic queue refuses)
+        '    quorum_only = ("x-dead-letter-strategy", "x-quorum-initial-group-size",\n'
+        '                   "x-queue-leader-locator")\n'
+        '    return {**{k: v for k, v in {**arguments, **extra}.items() if k not in quorum_only},\n'
+        '            "x-queue-type": "classic"}\n',
         ("tests/integration/test_broker_restart.py",),
         Edit("shared/broker.py", "delivery_mode=DeliveryMode.PERSISTENT.value,",
              "delivery_mode=DeliveryMode.NOT_PERSISTENT.value,"),
