@@ -12,12 +12,9 @@ A key is one callback (``{appId}:{bot}:{trigger}:{message id}``). States:
 For callbacks with several replies, ``progress`` records how many were accepted, so a retry
 sends only the rest.
 
-**Conversation pens** keep replies in order across retries (``BOTRELAY_ORDERING=conversation``).
-When a message must wait (a retry, or a claim held elsewhere), ``hold`` puts it at the head of its
-conversation's pen, a FIFO list. A later message of that conversation that is not the pen's head
-is ``PARKED``: it joins the pen and waits in the same delay queue as the head, behind it. The head
-leaves the pen when it is done or dead-lettered (``unhold``), and the next one becomes the head.
-So a conversation's replies go out in arrival order even when one of them needs ten attempts.
+**Conversation pens** (``worker.pens``) keep replies in order across retries. The store's
+``hold`` and ``unhold`` are the pen's own; a claim meets the pen in its own script: a message
+that is not its pen's head is ``PARKED`` behind it.
 
 Every claim in ordered mode also puts its message at the head of its pen (in the same script, no
 extra round trip), and ``done`` takes it off. So while a message is in flight on one worker, a
@@ -53,6 +50,7 @@ from botrelay.shared.errors import DedupUnavailable
 from botrelay.shared.redis_connect import FAILOVER_WAIT, make_redis
 from botrelay.shared.settings import Settings
 from botrelay.worker.liveness import Live, LocalLiveness
+from botrelay.worker.pens import MemoryPens, RedisPens, pen_keys
 from botrelay.worker.redis_batch import ScriptBatcher
 
 log = logging.getLogger("botrelay.dedup")
@@ -103,7 +101,7 @@ class MemoryDedup:
         self._keys: dict[str, tuple[str, float]] = {}  # key -> (token or "done", expires at)
         self._sent: dict[str, int] = {}
         self._unsure: set[str] = set()
-        self._pens: dict[str, tuple[list[str], float]] = {}  # pen -> (keys, head's delay)
+        self.pens = MemoryPens()
         self._last_sweep = time.monotonic()
 
     def _get(self, key: str, now: float) -> str | None:
@@ -130,20 +128,19 @@ class MemoryDedup:
         self._sweep(now)
         value = self._get(key, now)
         if value == "done":
-            self._pop_head(key, pen)
+            if pen is not None:
+                self.pens.pop_head(pen, key)
             return Claim(Status.DONE)
-        if pen is not None and pen in self._pens:
-            keys, delay = self._pens[pen]
-            if keys and keys[0] != key:
-                if key not in keys:
-                    keys.append(key)
+        if pen is not None:
+            delay = self.pens.parked_behind(pen, key)
+            if delay is not None:
                 return Claim(Status.PARKED, delay=delay)
         if value is not None:
             return Claim(Status.BUSY)
         token = secrets.token_hex(16)
         self._keys[key] = (token, now + self.lease)
         if pen is not None:
-            self._pens.setdefault(pen, ([key], 0.0))
+            self.pens.enter(pen, key)
         return Claim(Status.CLAIMED, token, self._sent.get(key, 0), unsure=key in self._unsure,
                      owner=self.liveness.owner)
 
@@ -154,27 +151,14 @@ class MemoryDedup:
         self._keys[key] = ("done", time.monotonic() + self.ttl)
         self._sent.pop(key, None)
         self._unsure.discard(key)
-        self._pop_head(key, pen)
-
-    def _pop_head(self, key: str, pen: str | None) -> None:
-        entry = self._pens.get(pen) if pen is not None else None
-        if entry is not None and entry[0] and entry[0][0] == key:
-            entry[0].pop(0)
-            if not entry[0]:
-                del self._pens[pen]  # type: ignore[arg-type]
+        if pen is not None:
+            self.pens.pop_head(pen, key)
 
     async def hold(self, key: str, pen: str, delay: float) -> None:
-        keys, _ = self._pens.get(pen, ([], delay))
-        if key not in keys:
-            keys.append(key)
-        self._pens[pen] = (keys, delay)
+        self.pens.hold(pen, key, delay)
 
     async def unhold(self, key: str, pen: str) -> None:
-        entry = self._pens.get(pen)
-        if entry is not None and key in entry[0]:
-            entry[0].remove(key)
-            if not entry[0]:
-                del self._pens[pen]
+        self.pens.unhold(pen, key)
 
     async def release(self, key: str, token: str, unsure: bool = False,
                       pen: str | None = None) -> None:
@@ -257,13 +241,6 @@ redis.call('DEL', KEYS[2], KEYS[3])
 if #KEYS >= 4 and redis.call('LINDEX', KEYS[4], 0) == ARGV[2] then redis.call('LPOP', KEYS[4]) end
 return 1
 """
-# KEYS: pen, pen delay; ARGV: key, delay ms, pen ttl ms.
-_HOLD = """
-if not redis.call('LPOS', KEYS[1], ARGV[1]) then redis.call('RPUSH', KEYS[1], ARGV[1]) end
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-return 1
-"""
 # KEYS: state, unsure; ARGV: claim value, unsure (1/0), ttl ms.
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -303,7 +280,7 @@ class RedisDedup:
         self._claim = self._batch.script(_CLAIM, idempotent=True)  # by its token
         self._done = self._batch.script(_DONE, idempotent=True)
         self._release = client.register_script(_RELEASE)
-        self._hold = client.register_script(_HOLD)
+        self.pens = RedisPens(client, prefix, self.pen_ttl_ms)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RedisDedup:
@@ -328,7 +305,7 @@ class RedisDedup:
                 f"{self.prefix}:unsure:{tag}"]
 
     def pen_keys(self, pen: str) -> list[str]:
-        return [f"{self.prefix}:pen:{{{pen}}}", f"{self.prefix}:pendelay:{{{pen}}}"]
+        return pen_keys(self.prefix, pen)
 
     def done_key(self, pen: str) -> str:
         return f"{self.prefix}:done:{{{pen}}}"
@@ -389,14 +366,13 @@ class RedisDedup:
 
     async def hold(self, key: str, pen: str, delay: float) -> None:
         try:
-            await self._hold(keys=self.pen_keys(pen),
-                             args=[key, int(delay * 1000), self.pen_ttl_ms])
+            await self.pens.hold(pen, key, delay)
         except _REDIS_ERRORS as exc:
             raise DedupUnavailable(f"dedup store unreachable: {type(exc).__name__}") from exc
 
     async def unhold(self, key: str, pen: str) -> None:
         try:
-            await self.client.lrem(self.pen_keys(pen)[0], 0, key)
+            await self.pens.unhold(pen, key)
         except _REDIS_ERRORS as exc:
             raise DedupUnavailable(f"dedup store unreachable: {type(exc).__name__}") from exc
 
