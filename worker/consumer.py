@@ -19,7 +19,6 @@ import enum
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -42,6 +41,7 @@ from botrelay.worker.bot import Bot
 from botrelay.worker.dedup import Claim, DedupStore, NotAlive, Status
 from botrelay.worker.rate_limit import RateLimited
 from botrelay.worker.reply import muid
+from botrelay.worker.reply_lookup import Lookup, stored
 from botrelay.worker.retry import Mover, attempt_of
 
 log = logging.getLogger("botrelay.worker")
@@ -115,11 +115,6 @@ class ReplySender(Protocol):
     def url(self, app_id: str, bot: str) -> str: ...
 
     async def send(self, url: str, body: dict[str, Any]) -> dict[str, Any]: ...
-
-
-# Is this reply (by its ``tags``/``muid``) already stored by the reply API? See
-# ``worker.reply_lookup``.
-Lookup = Callable[[str, dict[str, Any]], Awaitable[bool]]
 
 
 class Consumer:
@@ -444,16 +439,12 @@ class Consumer:
         """Was this reply stored by an attempt whose outcome is unknown? Only asked on that
         path. A lookup that fails sends nothing now (the message is retried, still unsure),
         except on the last attempt: a rare duplicate is the lesser harm than no answer."""
-        if self.lookup is None:
+        found = await stored(self.lookup, url, body)
+        if found is not None:
+            return found
+        if ctx.last_attempt:
             return False
-        try:
-            return await self.lookup(url, body)
-        except Exception as exc:
-            log.warning("could not look up an earlier reply: %s", type(exc).__name__)
-            if ctx.last_attempt:
-                return False
-            raise TransientError("could not look up whether an earlier reply was stored"
-                                 ) from exc
+        raise TransientError("could not look up whether an earlier reply was stored")
 
     async def _mark_done(self, key: str, token: str, pen: str | None) -> None:
         """The replies are out: recording that must not fail lightly, or a redelivery would

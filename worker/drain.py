@@ -14,10 +14,10 @@ so a drain never strands what it moves.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from dataclasses import dataclass, field
 
+import aio_pika
 import aiormq
 from aio_pika.abc import (
     AbstractChannel,
@@ -27,9 +27,10 @@ from aio_pika.abc import (
 )
 
 from botrelay.shared import topology
-from botrelay.shared.broker import connect, make_message
+from botrelay.shared.broker import connect
 from botrelay.shared.headers import CONVERSATION
 from botrelay.shared.settings import Settings
+from botrelay.worker.moving import move_all
 from botrelay.worker.requeue import Destinations
 
 
@@ -92,29 +93,11 @@ async def _is_empty(connection: AbstractConnection, name: str) -> bool:
 
 async def _move_all(channel: AbstractChannel, exchange: AbstractExchange, settings: Settings,
                     destinations: Destinations, name: str, idle: float) -> int:
-    # Partition queues have single active consumer, which rules out basic.get: consume.
-    inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
-    await channel.set_qos(prefetch_count=100)
-    queue = await channel.get_queue(name, ensure=False)
-    tag = await queue.consume(inbox.put)
-    moved = 0
-    try:
-        while True:
-            try:
-                message = await asyncio.wait_for(inbox.get(), idle)
-            except TimeoutError:
-                return moved
-            conversation = str((message.headers or {}).get(CONVERSATION) or "")
-            wanted = topology.queue_of_inbound_key(
-                settings.prefix, topology.inbound_key(settings, conversation))
-            key = await destinations.key_for(wanted)
-            await exchange.publish(
-                make_message(message.body, message_id=message.message_id or "",
-                             headers=dict(message.headers or {}),
-                             timestamp=message.timestamp.timestamp()
-                             if message.timestamp else None),
-                key, mandatory=True, timeout=10)
-            await message.ack()
-            moved += 1
-    finally:
-        await queue.cancel(tag)
+    async def forward(copy: aio_pika.Message, message: AbstractIncomingMessage) -> None:
+        conversation = str((message.headers or {}).get(CONVERSATION) or "")
+        wanted = topology.queue_of_inbound_key(
+            settings.prefix, topology.inbound_key(settings, conversation))
+        key = await destinations.key_for(wanted)
+        await exchange.publish(copy, key, mandatory=True, timeout=10)
+
+    return await move_all(channel, name, forward, idle)

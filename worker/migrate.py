@@ -20,20 +20,21 @@ callbacks that arrive in the instant of a switch may be answered out of order.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 
 from botrelay.shared import topology
-from botrelay.shared.broker import connect, make_message
+from botrelay.shared.broker import connect
 from botrelay.shared.errors import BotrelayError
 from botrelay.shared.queue_changes import Mismatch, parse_refusal
 from botrelay.shared.settings import Settings
+from botrelay.worker.moving import move_all
 
 HOLDING_SUFFIX = ".migrating"
 
@@ -154,32 +155,11 @@ async def _move_queue(connection: AbstractConnection, spec: QueueSpec, idle: flo
 
 
 async def _move_all(channel: AbstractChannel, source: str, target: str, idle: float) -> int:
-    """Move every message of ``source`` to ``target`` through the default exchange; done once
-    ``source`` gave nothing for ``idle`` seconds. Consumed, not fetched: a partition queue has
-    single active consumer, which rules out basic.get."""
-    inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
-    queue = await channel.get_queue(source, ensure=False)
-    tag = await queue.consume(inbox.put)
-    moved = 0
-    try:
-        while True:
-            try:
-                message = await asyncio.wait_for(inbox.get(), idle)
-            except TimeoutError:
-                return moved
-            await channel.default_exchange.publish(
-                make_message(message.body, message_id=message.message_id or "",
-                             headers=dict(message.headers or {}),
-                             timestamp=message.timestamp.timestamp()
-                             if message.timestamp else None),
-                target, mandatory=True, timeout=10)
-            await message.ack()
-            moved += 1
-    finally:
-        await queue.cancel(tag)
-        # Delivered after the last wait but not moved: back to the source, never dropped.
-        while not inbox.empty():
-            await inbox.get_nowait().nack(requeue=True)
+    """Move every message of ``source`` to ``target`` through the default exchange."""
+    async def forward(copy: aio_pika.Message, message: AbstractIncomingMessage) -> None:
+        await channel.default_exchange.publish(copy, target, mandatory=True, timeout=10)
+
+    return await move_all(channel, source, forward, idle, prefetch=200)
 
 
 async def _empty(channel: AbstractChannel, source: str, target: str, idle: float) -> int:

@@ -13,7 +13,7 @@ import asyncio
 import email.utils
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -31,6 +31,7 @@ from botrelay.shared.metrics import WorkerMetrics
 from botrelay.shared.settings import Settings
 from botrelay.worker.http_client import HttpClient, HttpError
 from botrelay.worker.rate_limit import RateLimiter, make_limiter
+from botrelay.worker.reply_lookup import Lookup, stored
 
 log = logging.getLogger("botrelay.reply")
 
@@ -148,7 +149,7 @@ class ReplyClient:
                                            headers=headers)
         self._wait = _Wait()
         # Before re-posting a reply whose answer never came: is it stored already?
-        self.lookup: Callable[[str, dict[str, Any]], Awaitable[bool]] | None = None
+        self.lookup: Lookup | None = None
 
     def url(self, app_id: str, bot: str) -> str:
         """The reply URL for ``bot`` of configured app ``app_id``; ``UnknownApp`` otherwise."""
@@ -214,13 +215,7 @@ class ReplyClient:
     async def _stored(self, url: str, body: dict[str, Any]) -> bool | None:
         """Asks ``lookup`` (``worker.reply_lookup``; set by the worker) whether an attempt
         whose answer never came was stored after all; None when it cannot tell."""
-        if self.lookup is None:
-            return False
-        try:
-            return await self.lookup(url, body)
-        except Exception as exc:
-            log.warning("could not look up an earlier reply: %s", type(exc).__name__)
-            return None
+        return await stored(self.lookup, url, body)
 
     async def _attempt(self, url: str, payload: bytes, receiver: str) -> dict[str, Any]:
         if self.limiter is not None:

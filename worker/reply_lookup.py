@@ -21,6 +21,7 @@ the URL is on, and nowhere else.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -28,6 +29,24 @@ import orjson
 
 # GET url with query parameters -> (status, body).
 Get = Callable[[str, Mapping[str, str]], Awaitable[tuple[int, bytes]]]
+
+
+log = logging.getLogger("botrelay.reply")
+
+# url, reply body -> whether the reply API holds it (``ReplyLookup``, or a stand-in).
+Lookup = Callable[[str, dict[str, Any]], Awaitable[bool]]
+
+
+async def stored(lookup: Lookup | None, url: str, body: dict[str, Any]) -> bool | None:
+    """Was ``body`` stored by an attempt whose outcome is unknown? False without a lookup;
+    None when the lookup could not tell (logged): the caller decides what that costs."""
+    if lookup is None:
+        return False
+    try:
+        return await lookup(url, body)
+    except Exception as exc:
+        log.warning("could not look up an earlier reply: %s", type(exc).__name__)
+        return None
 
 
 class LookupFailed(Exception):
