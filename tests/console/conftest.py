@@ -108,13 +108,26 @@ class Page:
 
     async def submit(self, selector: str, timeout: float = 15.0) -> None:
         """Click something that loads a new page, and wait until the new page is there."""
+        from selenium.common.exceptions import WebDriverException
         from selenium.webdriver.support import expected_conditions
         from selenium.webdriver.support.ui import WebDriverWait
 
         old = await self.one("html")
         await self.click(selector)
-        wait = WebDriverWait(self.driver, timeout)
-        await self.call(wait.until, expected_conditions.staleness_of(old))
+        stale = expected_conditions.staleness_of(old)
+
+        def gone(driver: Any) -> bool:
+            # Chromium answers a lookup of an element of the page being replaced either with
+            # "stale element" (what staleness_of expects) or, mid-navigation, with "Node with
+            # given id does not belong to the document": both mean the old page is gone.
+            try:
+                return bool(stale(driver))
+            except WebDriverException as exc:
+                if "does not belong to the document" in str(exc):
+                    return True
+                raise
+
+        await self.call(WebDriverWait(self.driver, timeout).until, gone)
         await self.one("body")
 
     async def click(self, selector: str) -> None:
