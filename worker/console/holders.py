@@ -41,15 +41,14 @@ _SESSION = re.compile(r"^(?P<worker>.+)\.\d+(?:\.[0-9a-f]+)?$")
 
 
 def _worker_of(prefix: str, name: str) -> str:
-    """The worker id in a member or lease value: the liveness key of a worker's session
-    (``P:alive:<worker id>.<session>[.<tag>]``, ``worker.liveness``), or a bare worker id."""
+    """The worker id in a member or lease value: a worker's session, as its liveness key
+    (``P:alive:<worker id>.<session>[.<tag>]``, ``worker.liveness``) or bare
+    (``<worker id>.<session>``), or a worker id alone."""
     alive = f"{prefix}:alive:"
     if name.startswith(alive):
         name = name[len(alive):]
-        found = _SESSION.match(name)
-        if found:
-            return found["worker"]
-    return name
+    found = _SESSION.match(name)
+    return found["worker"] if found else name
 
 
 async def read(client: aioredis.Redis, prefix: str, partitions: int) -> list[WorkerRow]:
