@@ -16,6 +16,7 @@ from botrelay.shared.errors import SettingsError
 # Which setting decides each argument botrelay gives its queues.
 SETTING_OF_ARGUMENT = {
     "x-max-length": "BOTRELAY_INBOUND_MAX_LENGTH",
+    "x-delivery-limit": "BOTRELAY_DELIVERY_LIMIT",
     "x-quorum-initial-group-size": "BOTRELAY_QUORUM_SIZE",
     "x-message-ttl": "BOTRELAY_RETRY_DELAYS",
     "x-queue-type": "the queue type (an older botrelay declared other queues)",

@@ -188,6 +188,11 @@ class Settings:
     inbound_max_length: int = field(
         default=1_000_000, metadata=_env("BOTRELAY_INBOUND_MAX_LENGTH", _positive_int)
     )
+    # Redeliveries of one callback before the broker dead-letters it (x-delivery-limit). Also
+    # what keeps a conversation in order: see ``shared.topology``.
+    delivery_limit: int = field(
+        default=20, metadata=_env("BOTRELAY_DELIVERY_LIMIT", _positive_int)
+    )
     ordering: Ordering = field(
         default="conversation",
         metadata=_env("BOTRELAY_ORDERING", _choice("conversation", "none")),

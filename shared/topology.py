@@ -26,6 +26,14 @@ queues declared by earlier versions match their declaration exactly.
 
 Every queue rejects publishes when full (``x-overflow: reject-publish``), so a flooded broker
 answers the publisher with a nack (the ingress turns that into 503) instead of dropping anything.
+
+The inbound and partition queues have a delivery limit (``x-delivery-limit``,
+``BOTRELAY_DELIVERY_LIMIT``, 20 like RabbitMQ 4's default). It bounds a crash loop (a callback
+that kills every worker taking it is dead-lettered after that many redeliveries), and it keeps
+each conversation in order: RabbitMQ 3.10 to 3.13 put a message a consumer hands back (a nack
+with requeue, or a delivery that reached a consumer already cancelled, which every partition
+hand-over can leave) at the *tail* of a quorum queue unless the queue has a delivery limit; with
+one, the message goes back to the head, in front of the messages that followed it.
 """
 
 from __future__ import annotations
@@ -153,8 +161,8 @@ def _quorum(settings: Settings, **extra: Any) -> dict[str, Any]:
 
 
 def inbound_arguments(settings: Settings) -> dict[str, Any]:
-    # A message the broker gives up on (a delivery limit reached on RabbitMQ 4.x) goes to the
-    # DLQ instead of vanishing.
+    # A message the broker gives up on (its delivery limit reached) goes to the DLQ instead of
+    # vanishing.
     return _quorum(
         settings,
         **{
@@ -162,6 +170,7 @@ def inbound_arguments(settings: Settings) -> dict[str, Any]:
             "x-dead-letter-exchange": exchange_name(settings.prefix),
             "x-dead-letter-routing-key": DEAD_KEY,
             "x-dead-letter-strategy": "at-least-once",
+            "x-delivery-limit": settings.delivery_limit,
         }
     )
 

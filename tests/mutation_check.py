@@ -207,6 +207,14 @@ FAULTS = [
         "",
         ("tests/chaos/test_stream_reckoning.py",),
     ),
+    fault(
+        "no-delivery-limit", "the inbound queues have no delivery limit: a message handed "
+        "back joins the tail, behind its conversation's later messages",
+        "shared/topology.py",
+        '            "x-delivery-limit": settings.delivery_limit,\n',
+        "",
+        ("tests/integration/test_requeue_order.py",),
+    ),
 ]
 
 

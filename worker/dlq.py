@@ -17,6 +17,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import aiormq
@@ -86,18 +87,47 @@ def _text_and_app(body: bytes) -> tuple[str, str]:
     return text or "", callback.app_id
 
 
+# What the broker writes on a message it dead-letters itself (a delivery limit reached), in
+# place of botrelay's own error headers.
+_BROKER_DEATH = ("x-death", "x-first-death-reason", "x-first-death-queue",
+                 "x-first-death-exchange", "x-last-death-reason", "x-last-death-queue",
+                 "x-last-death-exchange")
+_BROKER_REASONS = {
+    "delivery_limit": "delivery_limit: redelivered more often than BOTRELAY_DELIVERY_LIMIT "
+                      "(a worker was lost while holding it each time)",
+}
+
+
+def _broker_death(h: dict[str, Any]) -> tuple[str, str, int]:
+    """(error, queue, failed at ms) of a letter the broker dead-lettered, from its x-death."""
+    reason = str(h.get("x-first-death-reason", ""))
+    if not reason:
+        return "", "", 0
+    error = _BROKER_REASONS.get(reason, f"dead-lettered by the broker: {reason}")
+    deaths = h.get("x-death")
+    when = deaths[0].get("time") if isinstance(deaths, list) and deaths and isinstance(
+        deaths[0], dict) else None
+    failed_at = int(when.timestamp() * 1000) if isinstance(when, datetime) else 0
+    return error, str(h.get("x-first-death-queue", "")), failed_at
+
+
 def describe(delivery: AbstractIncomingMessage) -> DeadLetter:
-    h = delivery.headers or {}
+    h = dict(delivery.headers or {})
     text, app = _text_and_app(delivery.body)
+    error, queue, failed_at = str(h.get(ERROR, "")), str(h.get(QUEUE, "")), _int(h.get(FAILED_AT))
+    kind = str(h.get(ERROR_KIND, ""))
+    if not error:
+        error, queue, failed_at = _broker_death(h)
+        kind = "transient" if error else ""
     return DeadLetter(
         id=delivery.message_id or "",
         trigger=str(h.get(TRIGGER_HEADER, "")),
         conversation=str(h.get(CONVERSATION, "")),
         attempts=_int(h.get(ATTEMPT, 1)),
-        error=str(h.get(ERROR, "")),
-        error_kind=str(h.get(ERROR_KIND, "")),
-        failed_at_ms=_int(h.get(FAILED_AT)),
-        queue=str(h.get(QUEUE, "")),
+        error=error,
+        error_kind=kind,
+        failed_at_ms=failed_at,
+        queue=queue,
         text=text,
         app=app,
         body=delivery.body,
@@ -218,10 +248,10 @@ async def replay(settings: Settings, selection: Selection, *, limit: int | None 
         nonlocal destinations
         if destinations is None:
             destinations = Destinations(connection, settings.prefix)
-        origin = (delivery.headers or {}).get(QUEUE)
-        key = await destinations.key_for(str(origin) if origin else None)
+        origin = describe(delivery).queue
+        key = await destinations.key_for(origin or None)
         headers = {k: v for k, v in (delivery.headers or {}).items()
-                   if k not in (ERROR, ERROR_KIND, FAILED_AT, QUEUE)}
+                   if k not in (ERROR, ERROR_KIND, FAILED_AT, QUEUE, *_BROKER_DEATH)}
         headers[ATTEMPT] = 1
         headers[REPLAYED] = int(time.time() * 1000)
         exchange = await channel.get_exchange(topology.exchange_name(settings.prefix),

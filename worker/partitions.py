@@ -19,6 +19,8 @@ first worker to subscribe would win every partition. So workers agree among them
   (fenced by the same key). The dedup claims put each in-flight message at the head of its
   conversation's pen, so a message the next owner receives early waits behind the one still in
   flight, wherever that one is.
+- **Given back in order**: a message handed back to a partition queue (by a cancelled or lost
+  consumer) returns to its head, thanks to the queue's delivery limit (``shared.topology``).
 - **Safety net**: the partition queues keep ``x-single-active-consumer``, so even a worker that
   lost its lease without noticing (a long pause) cannot receive messages alongside the new owner.
 
@@ -52,10 +54,11 @@ HEARTBEAT = 0.5  # seconds between heartbeats and rebalances: a take-over waits 
 MEMBER_TTL = 3.0  # a worker silent this long is gone, even if its liveness key lingers
 LEASE_TTL = 5.0  # a backstop: a lease whose holder is not alive is free at once
 # After its consumer is cancelled, the broker can still hold a message it had handed to that
-# consumer but not sent yet (it never reaches the client); it puts it back at the head of the
-# queue, but asynchronously: 0.3 to 1 s later was typical on a loaded two-core machine, 3 s
-# once. The lease is kept this long after the cancel, so that the next owner, which subscribes
-# only once it holds the lease, finds that message back in front of the rest.
+# consumer but not sent yet (it never reaches the client). The consumer's channel gives it back
+# asynchronously, and it goes back to the head of the queue only because the queue has a
+# delivery limit (``shared.topology``; without one RabbitMQ 3.x appends it to the tail, behind
+# its successors). The lease is kept this long after the cancel, so that the next owner, which
+# subscribes only once it holds the lease, finds that message back in front of the rest.
 RETURN_WINDOW = 2.0
 
 

@@ -136,14 +136,7 @@ async def test_node_and_primary_deaths_lose_nothing(
         assert set(counts) == expected
         order = _order_by_conversation(fake_api.fake.replies)
         wrong = {c: o for c, o in order.items() if o != list(range(PER_CONVERSATION))}
-        if wrong:
-            # Everything above (every callback answered 2xx, exactly one reply each) holds
-            # strictly. The order does not, yet: the Redis primary's death lapses every worker's
-            # liveness, they hand their partitions over and take them back, and that hand-over
-            # can deliver one message late (the race tests/integration/test_ordering.py marks
-            # HANDOVER_RACE, docs/ordering.md "Known limit"). Seen in about one run in eight.
-            pytest.xfail("known hand-over race: " + "; ".join(
-                f"c{c}: {o}" for c, o in wrong.items()))
+        assert wrong == {}
     finally:
         for worker in workers:
             await terminate_worker(worker, timeout=15)

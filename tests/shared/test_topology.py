@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from botrelay.shared import topology
+from botrelay.shared.queue_changes import parse_refusal
 from botrelay.shared.settings import Settings
 
 
@@ -48,3 +49,24 @@ def test_queue_arguments_are_quorum_and_reject_when_full() -> None:
     assert retry["x-dead-letter-exchange"] == "p"
     assert retry["x-dead-letter-strategy"] == "at-least-once"
     assert "x-dead-letter-routing-key" not in retry  # the message keeps its own key
+
+
+def test_only_the_queues_workers_consume_have_a_delivery_limit() -> None:
+    # The limit sends a handed-back message to the head of its queue (conversation order) and
+    # bounds a crash loop; the DLQ, read by holding letters unacked, must never reach it.
+    s = Settings(prefix="p", delivery_limit=7)
+    assert topology.inbound_arguments(s)["x-delivery-limit"] == 7
+    assert topology.partition_arguments(s)["x-delivery-limit"] == 7
+    assert "x-delivery-limit" not in topology.dead_arguments(s)
+    assert "x-delivery-limit" not in topology.retry_arguments(s, 1.0)
+    assert Settings().delivery_limit == 20
+
+
+def test_a_delivery_limit_mismatch_names_its_setting() -> None:
+    refusal = ("PRECONDITION_FAILED - inequivalent arg 'x-delivery-limit' for queue "
+               "'p.inbound.3' in vhost '/': received the value '20' of type 'byte' but current "
+               "is none")
+    mismatch = parse_refusal(refusal)
+    assert mismatch is not None
+    assert mismatch.line() == ("queue p.inbound.3 has x-delivery-limit=unset, but "
+                               "BOTRELAY_DELIVERY_LIMIT asks for 20")
