@@ -20,7 +20,9 @@ import aiohttp
 import orjson
 
 from botrelay.shared import topology
+from botrelay.shared.broker import make_message
 from botrelay.shared.fake_cometchat import FakeCometChat
+from botrelay.shared.headers import ATTEMPT, CONVERSATION, TRIGGER
 from botrelay.shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -182,6 +184,21 @@ class WorkerProcess:
             except subprocess.TimeoutExpired:
                 self.kill()
         return self.proc.returncode
+
+
+async def publish_as_ingress(settings: Settings, docs: Iterable[dict[str, Any]]) -> None:
+    """Callbacks published (with confirms) as an ingress with ``settings`` would route them,
+    skipping the ingress: for tests that need messages an older configuration left behind."""
+    connection = await aio_pika.connect(settings.amqp_url)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await topology.declare(channel, settings)
+        for doc in docs:
+            conversation = doc["data"]["conversationId"]
+            await exchange.publish(make_message(
+                orjson.dumps(doc), message_id=f"k{doc['data']['id']}",
+                headers={ATTEMPT: 1, TRIGGER: "after_message", CONVERSATION: conversation}),
+                topology.inbound_key(settings, conversation))
 
 
 async def inbound_depth(settings: Settings) -> int:

@@ -5,33 +5,15 @@ from __future__ import annotations
 
 import asyncio
 
-import aio_pika
-import orjson
 import pytest
 
 from botrelay.shared import topology
-from botrelay.shared.broker import make_message
-from botrelay.shared.headers import ATTEMPT, CONVERSATION, TRIGGER
 from botrelay.worker.drain import drain
 from botrelay.worker.service import Worker
 from examples.echo_bot import bot
-from tests.helpers import text_callback, wait_for
+from tests.helpers import publish_as_ingress, text_callback, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-async def _publish_old(settings, docs) -> None:
-    """Callbacks routed as an ingress with ``settings`` (the old ones) would."""
-    connection = await aio_pika.connect(settings.amqp_url)
-    async with connection:
-        channel = await connection.channel(publisher_confirms=True)
-        exchange = await topology.declare(channel, settings)
-        for doc in docs:
-            conversation = doc["data"]["conversationId"]
-            await exchange.publish(make_message(
-                orjson.dumps(doc), message_id=f"k{doc['data']['id']}",
-                headers={ATTEMPT: 1, TRIGGER: "after_message", CONVERSATION: conversation}),
-                topology.inbound_key(settings, conversation))
 
 
 @pytest.mark.parametrize("new_mode", ["conversation", "none"])
@@ -40,7 +22,7 @@ async def test_drain_moves_stranded_partitions_and_workers_answer_them(
     old = make_settings(partitions=8)
     new = make_settings(partitions=2, ordering=new_mode)
     docs = [text_callback(str(7000 + i), f"stranded {i}", sender=f"user-{i}") for i in range(40)]
-    await _publish_old(old, docs)
+    await publish_as_ingress(old, docs)
     stranded = topology.partition_queues(old)[2 if new_mode == "conversation" else 0:]
     assert stranded
 

@@ -7,18 +7,21 @@ import asyncio
 import subprocess
 import sys
 
-import aio_pika
-import orjson
 import pytest
 
 from botrelay.shared import topology
-from botrelay.shared.broker import make_message
-from botrelay.shared.headers import ATTEMPT, CONVERSATION
 from botrelay.shared.queue_changes import QueueMismatch
 from botrelay.worker.migrate import migrate, plan
 from botrelay.worker.service import Worker
 from examples.echo_bot import bot
-from tests.helpers import ROOT, muid_counts, settings_env, text_callback, wait_for
+from tests.helpers import (
+    ROOT,
+    muid_counts,
+    publish_as_ingress,
+    settings_env,
+    text_callback,
+    wait_for,
+)
 from tests.integration.processes import IngressProcess, free_port
 
 pytestmark = pytest.mark.integration
@@ -26,25 +29,12 @@ pytestmark = pytest.mark.integration
 COUNT = 30
 
 
-async def _publish_old(settings, docs) -> None:
-    connection = await aio_pika.connect(settings.amqp_url)
-    async with connection:
-        channel = await connection.channel(publisher_confirms=True)
-        exchange = await topology.declare(channel, settings)
-        for doc in docs:
-            conversation = doc["data"]["conversationId"]
-            await exchange.publish(make_message(
-                orjson.dumps(doc), message_id=f"k{doc['data']['id']}",
-                headers={ATTEMPT: 1, CONVERSATION: conversation}),
-                topology.inbound_key(settings, conversation))
-
-
 async def test_a_changed_queue_setting_is_one_line_and_migrate_keeps_every_callback(
         make_settings, fake_api, tmp_path) -> None:
     old = make_settings(inbound_max_length=1000)
     new = make_settings(inbound_max_length=5000)
     docs = [text_callback(str(8000 + i), f"kept {i}", sender=f"user-{i}") for i in range(COUNT)]
-    await _publish_old(old, docs)
+    await publish_as_ingress(old, docs)
 
     # The worker: one line, naming the setting and the way out; nothing consumed, and nothing
     # it opened on the way left running.
