@@ -15,25 +15,11 @@ from botrelay.worker.http_client import HttpClient
 from botrelay.worker.service import Worker
 from examples.echo_bot import bot
 from tests.helpers import generated, post_all, reply_counts, wait_for
-from tests.integration.tls_servers import Authority, Nginx, Tinyproxy, make_authority
+from tests.integration.tls_servers import Authority, Nginx, Tinyproxy
 
 pytestmark = pytest.mark.integration
 
 PROXY_VARIABLES = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY")
-
-
-@pytest.fixture(scope="module")
-def authority(tmp_path_factory: pytest.TempPathFactory) -> Authority:
-    return make_authority(tmp_path_factory.mktemp("ca"))
-
-
-@pytest.fixture(scope="module")
-def nginx(tmp_path_factory: pytest.TempPathFactory, authority: Authority) -> Iterator[Nginx]:
-    server = Nginx(Path(tmp_path_factory.mktemp("nginx")), authority).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

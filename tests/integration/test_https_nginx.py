@@ -11,8 +11,6 @@ sent twice.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -21,25 +19,11 @@ from botrelay.worker.http_client import HttpClient, HttpConnectionError
 from botrelay.worker.service import Worker
 from examples.echo_bot import bot
 from tests.helpers import generated, post_all, reply_counts, wait_for
-from tests.integration.tls_servers import FRAMINGS, Authority, Nginx, make_authority
+from tests.integration.tls_servers import FRAMINGS, Authority, Nginx
 
 pytestmark = pytest.mark.integration
 
 BURSTS, PER_BURST, GAP = 4, 15, 1.4  # GAP > nginx's keepalive_timeout 1s
-
-
-@pytest.fixture(scope="module")
-def authority(tmp_path_factory: pytest.TempPathFactory) -> Authority:
-    return make_authority(tmp_path_factory.mktemp("ca"))
-
-
-@pytest.fixture(scope="module")
-def nginx(tmp_path_factory: pytest.TempPathFactory, authority: Authority) -> Iterator[Nginx]:
-    server = Nginx(Path(tmp_path_factory.mktemp("nginx")), authority).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
