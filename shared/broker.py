@@ -35,6 +35,7 @@ from pamqp import commands as spec
 
 from botrelay.shared import topology
 from botrelay.shared.amqp_nodes import connect_nodes
+from botrelay.shared.logs import describe
 from botrelay.shared.publisher import ChannelClosed, ConfirmBatcher
 from botrelay.shared.queue_changes import QueueMismatch
 from botrelay.shared.settings import Settings
@@ -206,9 +207,11 @@ class BrokerLink:
                 log.error("%s", exc)
                 raise
             except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as exc:
+                # The cause, not only the class: a broker whose TLS certificate is not trusted
+                # must not read like one that is down.
                 log.warning(
                     "broker %s unreachable (%s); retrying in %.1fs",
-                    redact_urls(self.settings.amqp_urls), type(exc).__name__, delay,
+                    redact_urls(self.settings.amqp_urls), describe(exc), delay,
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)

@@ -63,6 +63,22 @@ class Redactor(logging.Filter):
         return True
 
 
+def describe(exc: BaseException) -> str:
+    """One line saying what went wrong: the error's class, then the words of what caused it.
+
+    A class name alone hides the cause an operator needs: a TLS certificate that failed to verify
+    reaches botrelay as aiormq's ``AMQPConnectionError`` (its message a bare errno tuple, the
+    ``ssl.SSLCertVerificationError`` as its ``__cause__``) or as redis-py's ``ConnectionError``,
+    and both read the same as a refused port. So the message is that of the innermost explicit
+    cause (``raise ... from``), else the error's own; no message, the class name only. The lines
+    this goes into are scrubbed of secrets like any other (``Redactor``)."""
+    cause = exc
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    text = str(cause).strip() or str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {

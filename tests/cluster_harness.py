@@ -4,8 +4,8 @@ They run beside the services the other tests use (RabbitMQ on 5672, Redis on 637
 touch them: every node has its own name, ports, data and log directories, config file, and a
 ``HOME`` holding its own Erlang cookie (the same cookie for the 3 nodes, so they can cluster).
 RabbitMQ is Debian's, started from ``/usr/lib/rabbitmq/bin`` directly, not through the service
-manager, so nothing system-wide changes. Everything lives in one temporary directory that is
-removed at the end.
+manager (``tests/rabbit_node.RabbitNode``), so nothing system-wide changes. Everything lives in
+one temporary directory that is removed at the end.
 
 Measured on the 2-core test machine: the cluster forms in about 10-15 s and uses about 150 MB a
 node; a Sentinel failover (``down-after-milliseconds 1000``) takes about 2.3 s.
@@ -28,32 +28,9 @@ from pathlib import Path
 
 import pytest
 
-RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
+from tests.rabbit_node import RabbitNode, free_port, new_node
+
 COOKIE = "botrelaytestclustercookie"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def free_port_pair() -> int:
-    """A port P with P and P + 10000 free: RabbitMQ's CLI tools use dist port + 10000 up."""
-    for _ in range(200):
-        port = free_port()
-        if port + 10_000 < 65_000 and _free(port + 10_000):
-            return port
-    raise RuntimeError("no free port pair on 127.0.0.1")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def _wait_port(port: int, timeout: float) -> None:
@@ -63,127 +40,6 @@ def _wait_port(port: int, timeout: float) -> None:
             return
         time.sleep(0.05)
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
-
-
-@dataclass
-class RabbitNode:
-    name: str  # e.g. brc1@localhost
-    port: int  # AMQP
-    dist_port: int
-    base: Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"amqp://guest:guest@127.0.0.1:{self.port}/"
-
-    @property
-    def pid_file(self) -> Path:
-        return self.base / "node.pid"
-
-    def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))}
-        env.update({
-            "HOME": str(self.base / "home"),
-            "RABBITMQ_NODENAME": self.name,
-            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
-            "RABBITMQ_NODE_PORT": str(self.port),
-            "RABBITMQ_DIST_PORT": str(self.dist_port),
-            "RABBITMQ_MNESIA_BASE": str(self.base / "mnesia"),
-            "RABBITMQ_LOG_BASE": str(self.base / "log"),
-            "RABBITMQ_CONFIG_FILE": str(self.base / "rabbitmq.conf"),
-            "RABBITMQ_PID_FILE": str(self.pid_file),
-            # The system node's env file names it rabbit@localhost; ours must not read it.
-            "RABBITMQ_CONF_ENV_FILE": str(self.base / "rabbitmq-env.conf"),
-            # No plugins: the management plugin would want port 15672.
-            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.base / "enabled_plugins"),
-            "RABBITMQ_ADVANCED_CONFIG_FILE": str(self.base / "advanced.config"),
-            "ERL_EPMD_ADDRESS": "127.0.0.1",
-        })
-        return env
-
-    def write_config(self, peers: list[str]) -> None:
-        for sub in ("home", "mnesia", "log"):
-            (self.base / sub).mkdir(parents=True, exist_ok=True)
-        cookie = self.base / "home" / ".erlang.cookie"
-        cookie.write_text(COOKIE)
-        cookie.chmod(0o400)
-        lines = [
-            f"listeners.tcp.default = 127.0.0.1:{self.port}",
-            "distribution.listener.interface = 127.0.0.1",
-            f"distribution.listener.port_range.min = {self.dist_port}",
-            f"distribution.listener.port_range.max = {self.dist_port}",
-            "cluster_formation.peer_discovery_backend = classic_config",
-            *(f"cluster_formation.classic_config.nodes.{i} = {peer}"
-              for i, peer in enumerate(peers, 1)),
-            # guest may log in from 127.0.0.1 only, which is where the tests are.
-            "loopback_users.guest = true",
-            "log.console = false",
-            "log.file.level = warning",
-            "vm_memory_high_watermark.absolute = 400MB",
-            "disk_free_limit.absolute = 50MB",
-        ]
-        (self.base / "rabbitmq.conf").write_text("\n".join(lines) + "\n")
-        (self.base / "rabbitmq-env.conf").write_text("")
-        (self.base / "enabled_plugins").write_text("[].\n")
-        (self.base / "advanced.config").write_text("[].\n")
-
-    def start(self) -> None:
-        log = open(self.base / "stdout.log", "ab")  # noqa: SIM115 - the child keeps it
-        self.proc = subprocess.Popen(
-            [str(RABBITMQ_BIN / "rabbitmq-server")], env=self.env(), stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        log.close()
-
-    def ctl(self, *args: str, timeout: float = 60.0) -> str:
-        result = subprocess.run(
-            [str(RABBITMQ_BIN / "rabbitmqctl"), "-n", self.name, *args], env=self.env(),
-            capture_output=True, timeout=timeout, check=False,
-        )
-        if result.returncode != 0:
-            raise RuntimeError(f"rabbitmqctl {' '.join(args)} on {self.name}: "
-                               f"{result.stdout.decode()} {result.stderr.decode()}")
-        return result.stdout.decode()
-
-    def wait(self, timeout: float = 90.0) -> None:
-        self.ctl("wait", str(self.pid_file), "--timeout", str(int(timeout)), timeout=timeout + 5)
-        _wait_port(self.port, timeout)
-
-    def beam_pid(self) -> int | None:
-        try:
-            return int(self.pid_file.read_text().strip())
-        except (OSError, ValueError):
-            return None
-
-    def sigkill(self) -> None:
-        """Kill the Erlang VM outright, as a crashed machine would stop."""
-        pid = self.beam_pid()
-        if pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        if self.proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(10)
-
-    @property
-    def alive(self) -> bool:
-        pid = self.beam_pid()
-        if pid is None:
-            return False
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        return True
-
-    def stop(self) -> None:
-        if self.alive:
-            with contextlib.suppress(Exception):
-                self.ctl("stop", timeout=30)
-        self.sigkill()
 
 
 @dataclass
@@ -229,23 +85,22 @@ class RabbitCluster:
 
     def stop(self) -> None:
         for node in self.nodes:
-            node.stop()
+            with contextlib.suppress(Exception):
+                node.stop(timeout=30)
+            node.kill()
 
 
 def start_rabbit_cluster(size: int = 3, timeout: float = 120.0) -> RabbitCluster:
-    if not (RABBITMQ_BIN / "rabbitmq-server").exists():
-        pytest.skip("RabbitMQ is not installed under /usr/lib/rabbitmq (apt install "
-                    "rabbitmq-server) and apt is unavailable here")
     root = Path(tempfile.mkdtemp(prefix="botrelay-rmq-"))
     tag = os.urandom(3).hex()
-    nodes = [RabbitNode(f"brc{i}x{tag}@localhost", free_port(), free_port_pair(), root / f"n{i}")
-             for i in range(1, size + 1)]
-    peers = [n.name for n in nodes]
+    names = [f"brc{i}x{tag}@localhost" for i in range(1, size + 1)]
+    nodes = [new_node(root / f"n{i}", name=name, cookie=COOKIE,
+                      peers=[peer for peer in names if peer != name])
+             for i, name in enumerate(names, 1)]
     cluster = RabbitCluster(nodes, root)
     started = time.monotonic()
     try:
         for node in nodes:
-            node.write_config(peers)
             node.start()
         for node in nodes:
             node.wait(timeout)

@@ -12,6 +12,11 @@ files, and a ``HOME`` holding its own Erlang cookie. Everything lives under one 
 
 ``peers`` makes the node form a cluster with others (classic config peer discovery), so a
 cluster test can start several of these with the same ``cookie``.
+
+``tls`` adds an AMQPS listener beside the plain one (``ssl_url``), serving the given certificate:
+
+    with rabbit_node(tls=TlsFiles(ca, cert, key)) as node:
+        url = node.ssl_url               # amqps://guest:guest@127.0.0.1:PORT/
 """
 
 from __future__ import annotations
@@ -64,6 +69,23 @@ def _listening(port: int) -> bool:
     return False
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files for the node's AMQPS listener. The node's Erlang VM reads them as the user
+    running the test (it is started directly, not as the ``rabbitmq`` system user), so a key
+    readable by its owner only (as openssl writes it) is enough."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True)
+class SslListener:
+    port: int
+    files: TlsFiles
+
+
 @dataclass
 class RabbitNode:
     name: str  # e.g. brn1a2b3c@localhost
@@ -73,10 +95,17 @@ class RabbitNode:
     peers: list[str] = field(default_factory=list)  # other nodes' names, to cluster with
     cookie: str = DEFAULT_COOKIE
     proc: subprocess.Popen[bytes] | None = None
+    ssl: SslListener | None = None  # an AMQPS listener too, when set
 
     @property
     def url(self) -> str:
         return f"amqp://guest:guest@127.0.0.1:{self.port}/"
+
+    @property
+    def ssl_url(self) -> str:
+        if self.ssl is None:
+            raise ValueError(f"{self.name} has no TLS listener")
+        return f"amqps://guest:guest@127.0.0.1:{self.ssl.port}/"
 
     @property
     def pid_file(self) -> Path:
@@ -121,6 +150,20 @@ class RabbitNode:
             "vm_memory_high_watermark.absolute = 400MB",
             "disk_free_limit.absolute = 50MB",
         ]
+        if self.ssl is not None:
+            for path in (self.ssl.files.ca, self.ssl.files.cert, self.ssl.files.key):
+                # The node would start without the listener and say so only in its log.
+                if not os.access(path, os.R_OK):
+                    raise PermissionError(f"the node cannot read {path}")
+            lines += [
+                f"listeners.ssl.default = 127.0.0.1:{self.ssl.port}",
+                f"ssl_options.cacertfile = {self.ssl.files.ca}",
+                f"ssl_options.certfile = {self.ssl.files.cert}",
+                f"ssl_options.keyfile = {self.ssl.files.key}",
+                # Server authentication only: clients show no certificate of their own.
+                "ssl_options.verify = verify_none",
+                "ssl_options.fail_if_no_peer_cert = false",
+            ]
         if self.peers:
             lines += ["cluster_formation.peer_discovery_backend = classic_config",
                       *(f"cluster_formation.classic_config.nodes.{i} = {peer}"
@@ -153,10 +196,12 @@ class RabbitNode:
         started = time.monotonic()
         self.ctl("wait", str(self.pid_file), "--timeout", str(int(timeout)), timeout=timeout + 5)
         stop_at = started + timeout
-        while not _listening(self.port):
-            if time.monotonic() > stop_at:
-                raise TimeoutError(f"{self.name} is not listening on {self.port}")
-            time.sleep(0.05)
+        ports = [self.port] if self.ssl is None else [self.port, self.ssl.port]
+        for port in ports:
+            while not _listening(port):
+                if time.monotonic() > stop_at:
+                    raise TimeoutError(f"{self.name} is not listening on {port}")
+                time.sleep(0.05)
         return time.monotonic() - started
 
     def beam_pid(self) -> int | None:
@@ -207,21 +252,25 @@ class RabbitNode:
 
 
 def new_node(base: Path | None = None, *, peers: list[str] | None = None,
-             cookie: str = DEFAULT_COOKIE, name: str | None = None) -> RabbitNode:
+             cookie: str = DEFAULT_COOKIE, name: str | None = None,
+             tls: TlsFiles | None = None) -> RabbitNode:
     """A node on free ports under ``base`` (a new temporary directory by default); not started.
-    Skips the test when RabbitMQ is not installed."""
+    With ``tls``, an AMQPS listener on a free port too. Skips the test when RabbitMQ is not
+    installed."""
     if not (RABBITMQ_BIN / "rabbitmq-server").exists():
         pytest.skip("RabbitMQ is not installed under /usr/lib/rabbitmq (apt install "
                     "rabbitmq-server) and apt is unavailable here")
     base = base or Path(tempfile.mkdtemp(prefix="botrelay-rmq-"))
     name = name or f"brn{os.urandom(3).hex()}@localhost"
-    return RabbitNode(name, free_port(), free_dist_port(), base, list(peers or []), cookie)
+    ssl = SslListener(free_port(), tls) if tls is not None else None
+    return RabbitNode(name, free_port(), free_dist_port(), base, list(peers or []), cookie,
+                      ssl=ssl)
 
 
 @contextlib.contextmanager
-def rabbit_node(timeout: float = 90.0) -> Iterator[RabbitNode]:
+def rabbit_node(timeout: float = 90.0, *, tls: TlsFiles | None = None) -> Iterator[RabbitNode]:
     """A started, ready node, stopped and deleted when the block ends, however it ends."""
-    node = new_node()
+    node = new_node(tls=tls)
     try:
         node.start()
         node.wait(timeout)

@@ -27,6 +27,8 @@ from typing import Protocol
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from botrelay.shared.logs import describe
+
 log = logging.getLogger("botrelay.liveness")
 
 TTL = 3.0  # a worker silent this long is dead to the others
@@ -91,6 +93,7 @@ class Liveness:
         self._until = 0.0  # monotonic deadline of the current session
         self._renewed = asyncio.Event()  # set by each successful heartbeat
         self.sessions_lost = 0
+        self.last_error: str | None = None  # why the last heartbeat failed, for ``start``
 
     def _name(self, session: int) -> str:
         return f"{self.prefix}:alive:{self.worker}.{session}"
@@ -122,12 +125,15 @@ class Liveness:
     async def start(self) -> None:
         """Register the first session; raises if Redis cannot be reached."""
         if not await self.beat():
-            raise ConnectionError("could not register this worker's liveness in Redis")
+            # The reason goes with it: the CLI prints this as its last line before exiting.
+            reason = f": {self.last_error}" if self.last_error else ""
+            raise ConnectionError(f"could not register this worker's liveness in Redis{reason}")
 
     async def beat(self) -> bool:
         """Renew the session, or start a new one if it lapsed; True once renewed."""
         sent = time.monotonic()
         lapsed = sent >= self._until
+        self.last_error = None
         try:
             if not lapsed:
                 # XX: renew only a key that is still there; if it expired (Redis counts from
@@ -138,7 +144,10 @@ class Liveness:
                 await self._new_session()
                 return await self._register(sent)
         except _ERRORS as exc:
-            log.warning("liveness heartbeat failed: %s", type(exc).__name__)
+            # The cause, not only the class: a certificate Redis's client does not trust must
+            # not read like Redis being down.
+            self.last_error = describe(exc)
+            log.warning("liveness heartbeat failed: %s", self.last_error)
             return False
         self._until = sent + self.ttl
         self._renewed.set()

@@ -113,7 +113,7 @@ async def test_node_and_primary_deaths_lose_nothing(
             async def chaos() -> None:
                 total = CONVERSATIONS * PER_CONVERSATION
                 assert await wait_for(lambda: posted >= total // 4, timeout=60)
-                doomed.sigkill()
+                doomed.kill()
                 killed_at = time.monotonic()
                 assert await wait_for(lambda: posted >= total * 3 // 5, timeout=90)
                 assert time.monotonic() - killed_at > 1.0

@@ -5,10 +5,12 @@ from __future__ import annotations
 import base64
 import io
 import logging
+import ssl
 from collections.abc import Iterator
 
 import orjson
 import pytest
+from aiormq.exceptions import AMQPConnectionError
 
 from botrelay.shared import logs
 from botrelay.shared.settings import Settings
@@ -76,3 +78,27 @@ def test_secrets_are_scrubbed_from_messages_fields_and_tracebacks(capture):
     for secret in (API_KEY, PASSWORD, token, "brokerpw", "redispw"):
         assert secret not in out
     assert out.count("***") >= 6
+
+
+def _raised_from(outer: BaseException, cause: BaseException) -> BaseException:
+    """``outer`` as ``raise outer from cause`` leaves it."""
+    outer.__cause__ = cause
+    return outer
+
+
+def test_describe_names_the_cause_a_wrapper_hides() -> None:
+    verify = ssl.SSLCertVerificationError(
+        1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: self-signed certificate")
+    # aiormq re-raises the OS error's args (here an errno tuple) with the TLS error as cause.
+    wrapped = _raised_from(AMQPConnectionError(*verify.args), verify)
+    assert logs.describe(wrapped) == (
+        "AMQPConnectionError: [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: "
+        "self-signed certificate")
+
+
+def test_describe_keeps_an_errors_own_words_and_names_a_silent_one() -> None:
+    assert logs.describe(ConnectionError("Error 111 connecting to cache:6379.")) == (
+        "ConnectionError: Error 111 connecting to cache:6379.")
+    assert logs.describe(TimeoutError()) == "TimeoutError"
+    assert logs.describe(_raised_from(TimeoutError("no answer"), OSError())) == (
+        "TimeoutError: no answer")
