@@ -26,15 +26,17 @@ paused worker) is parked behind it instead of overtaking it.
 (``bench/dedup_memory.py``). Without a pen the state key holds ``done``.
 
 **Key names.** Every key of one callback and its conversation shares a Redis Cluster hash tag,
-``{pen}`` (or ``{key}`` without one), so that work sits in one slot. The claim script also reads
-liveness keys (``P:alive:...``, ``worker.liveness``): the claimer's own, and the one its holder's
-claim names. Those are in other slots, so the claim script needs one Redis (a primary with
-replicas and Sentinel), not Redis Cluster: fencing to a live worker comes first.
+``{pen}`` (or ``{key}`` without one), so that work sits in one slot, and every script touches
+only the keys it is given. The claim names its holder's liveness key (``P:alive:{P}:...``,
+``worker.liveness``), which sits in another slot; the claim script does not read it: when a
+claim is held by another session, the caller asks whether that session is alive in a call of
+its own (only then, so the first claim of a callback stays one round trip), and takes the claim
+over only if it is still the one it asked about. A worker's own liveness is checked before it
+claims (``Live.wait_valid``) and before it sends.
 """
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import hashlib
 import logging
@@ -178,46 +180,47 @@ class MemoryDedup:
 # their second are pruned as the hash grows, and the hash itself expires a TTL after its last
 # write. Without a pen, and for marks written before, the state key holds 'done'.
 #
-# KEYS: state, progress, unsure, our liveness[, pen, pen delay[, done hash]]; ARGV: claim value
-# ("token|owner's liveness key"), lease ms, key, pen ttl ms[, done field].
-# Returns {status, n, unsure}: 0 claimed (n = replies sent), 1 done, 2 busy (n = ms until the
-# holder's liveness lapses at the latest), 3 parked (n = delay ms), 4 we are not alive.
-# The holder's liveness key is read from the claim itself: fine on one Redis (not a cluster).
+# KEYS: state, progress, unsure[, pen, pen delay[, done hash]], all under one hash tag;
+# ARGV: claim value ("token|owner's liveness key"), lease ms, key, pen ttl ms, the claim value
+# of a holder found dead (or "")[, done field].
+# Returns {status, n, unsure[, holder]}: 0 claimed (n = replies sent), 1 done, 2 busy (n = ms
+# left of a claim that names no owner), 3 parked (n = delay ms), 5 held by another session
+# (holder = its claim value). Whether that holder is alive is asked by the caller, in a call of
+# its own: its liveness key is in another slot. A session once gone never comes back (a lapsed
+# worker starts a new one under a new name), so the answer cannot go stale; the claim is then
+# taken only if it still holds that same value (ARGV[5]).
 _CLAIM = """
-if redis.call('EXISTS', KEYS[4]) == 0 then return {4, 0, 0} end
 local v = redis.call('GET', KEYS[1])
-local penned = #KEYS >= 5
-if #KEYS >= 7 and v ~= 'done' then
-  local expires = redis.call('HGET', KEYS[7], ARGV[5])
+local penned = #KEYS >= 4
+if #KEYS >= 6 and v ~= 'done' then
+  local expires = redis.call('HGET', KEYS[6], ARGV[6])
   if expires and tonumber(expires) > tonumber(redis.call('TIME')[1]) then v = 'done' end
 end
 if v == 'done' then
-  if penned and redis.call('LINDEX', KEYS[5], 0) == ARGV[3] then redis.call('LPOP', KEYS[5]) end
+  if penned and redis.call('LINDEX', KEYS[4], 0) == ARGV[3] then redis.call('LPOP', KEYS[4]) end
   return {1, 0, 0}
 end
 local head = false
 if penned then
-  head = redis.call('LINDEX', KEYS[5], 0)
+  head = redis.call('LINDEX', KEYS[4], 0)
   if head and head ~= ARGV[3] then
-    if not redis.call('LPOS', KEYS[5], ARGV[3]) then redis.call('RPUSH', KEYS[5], ARGV[3]) end
-    redis.call('PEXPIRE', KEYS[5], ARGV[4])
-    return {3, tonumber(redis.call('GET', KEYS[6]) or '0'), 0}
+    if not redis.call('LPOS', KEYS[4], ARGV[3]) then redis.call('RPUSH', KEYS[4], ARGV[3]) end
+    redis.call('PEXPIRE', KEYS[4], ARGV[4])
+    return {3, tonumber(redis.call('GET', KEYS[5]) or '0'), 0}
   end
 end
 local unsure = redis.call('EXISTS', KEYS[3])
 -- Our own value: this same claim ran before and its answer was lost with the connection.
 if v and v ~= ARGV[1] then
-  local owner = string.match(v, '|(.+)$')
-  if not owner then return {2, redis.call('PTTL', KEYS[1]), 0} end
-  local left = redis.call('PTTL', owner)
-  if left > 0 then return {2, left, 0} end
+  if not string.match(v, '|(.+)$') then return {2, redis.call('PTTL', KEYS[1]), 0} end
+  if v ~= ARGV[5] then return {5, 0, 0, v} end
   unsure = 1  -- its owner died holding it: a reply may have gone out unrecorded
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 if penned then
   -- In flight: a later message of the conversation, wherever it arrives, waits behind it.
-  if not head then redis.call('RPUSH', KEYS[5], ARGV[3]) end
-  redis.call('PEXPIRE', KEYS[5], ARGV[4])
+  if not head then redis.call('RPUSH', KEYS[4], ARGV[3]) end
+  redis.call('PEXPIRE', KEYS[4], ARGV[4])
 end
 return {0, tonumber(redis.call('GET', KEYS[2]) or '0'), unsure}
 """
@@ -314,38 +317,50 @@ class RedisDedup:
         """A lapsed liveness (a pause, a slow Redis) waits for the next heartbeat's new session
         instead of failing at once: a message delayed without a claim would let the next one
         of its conversation overtake it."""
-        for _ in range(2):
-            if not await self.liveness.wait_valid(self.claim_wait):
-                raise NotAlive("this worker's liveness lapsed; not claiming")
-            claim = await self._claim_once(key, pen)
-            if claim is not None:
-                return claim
-            # Our key is gone in Redis though our deadline is not past: the next heartbeat
-            # starts a new session (its renewal fails); claim under that one.
-            await asyncio.sleep(0)
-            self.liveness.invalidate()
-        raise NotAlive("this worker's liveness key is gone; not claiming")
-
-    async def _claim_once(self, key: str, pen: str | None) -> Claim | None:
+        if not await self.liveness.wait_valid(self.claim_wait):
+            raise NotAlive("this worker's liveness lapsed; not claiming")
         owner = self.liveness.owner
         token = f"{secrets.token_hex(16)}|{owner}"
-        keys = [*self.keys(key, pen), owner]
-        args: list[str | int | bytes] = [token, self.lease_ms, key, self.pen_ttl_ms]
+        dead_holder = ""
+        for _ in range(2):
+            status, n, unsure, holder = await self._claim_once(key, pen, token, dead_holder)
+            if status == 5:  # held by another session: is it alive?
+                left = await self._left(holder.rpartition("|")[2])
+                if left > 0:
+                    return Claim(Status.BUSY, delay=left / 1000)
+                dead_holder = holder
+                continue
+            state = Status(status)
+            if state is Status.PARKED or state is Status.BUSY:
+                return Claim(state, delay=max(0, n) / 1000)
+            if state is Status.DONE:
+                return Claim(state)
+            return Claim(state, token, n, unsure=bool(unsure), owner=owner)
+        # The dead holder's claim was taken by a third worker meanwhile: it is busy.
+        return Claim(Status.BUSY, delay=self.claim_wait)
+
+    async def _claim_once(self, key: str, pen: str | None, token: str, dead_holder: str
+                          ) -> tuple[int, int, int, str]:
+        keys = self.keys(key, pen)
+        args: list[str | int | bytes] = [token, self.lease_ms, key, self.pen_ttl_ms,
+                                         dead_holder]
         if pen is not None:
             keys += [*self.pen_keys(pen), self.done_key(pen)]
             args.append(done_field(key))
         try:
-            status, n, unsure = await self._claim(keys=keys, args=args)
+            reply = await self._claim(keys=keys, args=args)
         except _REDIS_ERRORS as exc:
             raise DedupUnavailable(f"dedup store unreachable: {type(exc).__name__}") from exc
-        if int(status) == 4:
-            return None
-        state = Status(int(status))
-        if state is Status.PARKED or state is Status.BUSY:
-            return Claim(state, delay=max(0, int(n)) / 1000)
-        if state is Status.DONE:
-            return Claim(state)
-        return Claim(state, token, int(n), unsure=bool(int(unsure)), owner=owner)
+        holder = reply[3] if len(reply) > 3 else b""
+        return (int(reply[0]), int(reply[1]), int(reply[2]),
+                holder.decode() if isinstance(holder, bytes) else str(holder))
+
+    async def _left(self, liveness_key: str) -> int:
+        """Milliseconds left of a liveness key (0 once it is gone)."""
+        try:
+            return max(0, int(await self.client.pttl(liveness_key)))
+        except _REDIS_ERRORS as exc:
+            raise DedupUnavailable(f"dedup store unreachable: {type(exc).__name__}") from exc
 
     async def progress(self, key: str, sent: int, pen: str | None = None) -> None:
         try:

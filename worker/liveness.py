@@ -40,6 +40,13 @@ MARGIN = 1.0
 _ERRORS = (redis.exceptions.RedisError, OSError, TimeoutError)
 
 
+def alive_prefix(prefix: str) -> str:
+    """What every liveness key starts with: ``P:alive:{P}:``. The hash tag puts the liveness
+    keys in the slot of the partition leases and the members set (``worker.partitions``), whose
+    scripts read them, so those scripts stay within one slot on Redis Cluster."""
+    return f"{prefix}:alive:{{{prefix}}}:"
+
+
 class Live(Protocol):
     """What claims, leases and the consumer need to know about this worker's liveness."""
 
@@ -96,7 +103,7 @@ class Liveness:
         self.last_error: str | None = None  # why the last heartbeat failed, for ``start``
 
     def _name(self, session: int) -> str:
-        return f"{self.prefix}:alive:{self.worker}.{session}"
+        return f"{alive_prefix(self.prefix)}{self.worker}.{session}"
 
     @property
     def owner(self) -> str:

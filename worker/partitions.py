@@ -86,6 +86,18 @@ def assign(partitions: int, members: list[str]) -> dict[int, str]:
     return owners
 
 
+# One hash tag, ``{prefix}``, for the members set, every lease and every liveness key
+# (``worker.liveness.alive_prefix``): the renewal script takes all leases in one call, and the
+# heartbeat and acquire scripts read liveness keys, which Redis Cluster allows only within one
+# slot.
+def members_key(prefix: str) -> str:
+    return f"{prefix}:members:{{{prefix}}}"
+
+
+def lease_key(prefix: str, partition: int) -> str:
+    return f"{prefix}:partition:{{{prefix}}}:{partition}"
+
+
 class Leases(Protocol):
     @property
     def me(self) -> str: ...
@@ -120,7 +132,7 @@ class SoloLeases:
 
 
 # KEYS[1] members zset; ARGV[1] me, ARGV[2] now ms, ARGV[3] member ttl ms. Members are
-# liveness keys: one whose key is gone is dropped (read by name: fine on one Redis).
+# liveness keys: one whose key is gone is dropped (read by name: they share the set's slot).
 _HEARTBEAT = """
 redis.call('ZADD', KEYS[1], tonumber(ARGV[2]) + tonumber(ARGV[3]), ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
@@ -173,12 +185,10 @@ class RedisLeases:
         return self.liveness.owner
 
     def _members_key(self) -> str:
-        return f"{self.prefix}:members"
+        return members_key(self.prefix)
 
     def _lease_key(self, partition: int) -> str:
-        # One hash tag for every lease: the renewal script takes them all in one call, which
-        # Redis Cluster allows only within one slot.
-        return f"{self.prefix}:partition:{{{self.prefix}}}:{partition}"
+        return lease_key(self.prefix, partition)
 
     async def heartbeat(self) -> list[str]:
         members = await self._heartbeat(

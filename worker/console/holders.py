@@ -2,10 +2,11 @@
 
 The broker cannot say it: a partition queue's single active consumer is not visible over AMQP
 (only its consumer count is), and the management plugin may not be there. The workers agree on
-partitions through Redis (``worker.partitions``): a sorted set ``P:members`` of live workers
-(score = when its heartbeat expires) and one lease key ``P:partition:{P}:N`` per partition holding
-its owner: the liveness key of the owner's session, ``P:alive:<worker id>.<session>``
-(``worker.liveness``). Reading them is plain GETs: the console changes nothing there.
+partitions through Redis (``worker.partitions``): a sorted set ``P:members:{P}`` of live
+workers (score = when its heartbeat expires) and one lease key ``P:partition:{P}:N`` per
+partition holding its owner: the liveness key of the owner's session,
+``P:alive:{P}:<worker id>.<session>`` (``worker.liveness``). Reading them is plain GETs: the
+console changes nothing there.
 """
 
 from __future__ import annotations
@@ -16,21 +17,15 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
+from botrelay.worker.liveness import alive_prefix
+from botrelay.worker.partitions import lease_key, members_key
+
 
 @dataclass(frozen=True, slots=True)
 class WorkerRow:
     id: str
     partitions: tuple[int, ...]
     live: bool  # in the members set; False: its lease has not expired yet but it is gone
-
-
-def members_key(prefix: str) -> str:
-    return f"{prefix}:members"
-
-
-def lease_key(prefix: str, partition: int) -> str:
-    # As ``worker.partitions.RedisLeases`` names them: one hash tag, ``{prefix}``, for all.
-    return f"{prefix}:partition:{{{prefix}}}:{partition}"
 
 
 def _text(value: object) -> str:
@@ -42,9 +37,9 @@ _SESSION = re.compile(r"^(?P<worker>.+)\.\d+(?:\.[0-9a-f]+)?$")
 
 def _worker_of(prefix: str, name: str) -> str:
     """The worker id in a member or lease value: a worker's session, as its liveness key
-    (``P:alive:<worker id>.<session>[.<tag>]``, ``worker.liveness``) or bare
+    (``P:alive:{P}:<worker id>.<session>[.<tag>]``, ``worker.liveness``) or bare
     (``<worker id>.<session>``), or a worker id alone."""
-    alive = f"{prefix}:alive:"
+    alive = alive_prefix(prefix)
     if name.startswith(alive):
         name = name[len(alive):]
     found = _SESSION.match(name)
