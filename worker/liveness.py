@@ -61,10 +61,6 @@ class Live(Protocol):
         """Until the current session is valid (a heartbeat renewed or restarted it), at most
         ``timeout`` seconds; whether it is."""
 
-    def invalidate(self) -> None:
-        """The session's key was found gone: give the session up (the next heartbeat starts a
-        new one)."""
-
 
 class LocalLiveness:
     """One worker, nothing shared: always alive, one session."""
@@ -81,9 +77,6 @@ class LocalLiveness:
 
     async def wait_valid(self, timeout: float) -> bool:
         return True
-
-    def invalidate(self) -> None:
-        return None
 
 
 class Liveness:
@@ -125,9 +118,6 @@ class Liveness:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._renewed.wait(), left)
         return True
-
-    def invalidate(self) -> None:
-        self._until = min(self._until, time.monotonic())
 
     async def start(self) -> None:
         """Register the first session; raises if Redis cannot be reached."""
