@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -98,7 +98,7 @@ _BROKER_REASONS = {
 }
 
 
-def _broker_death(h: dict[str, Any]) -> tuple[str, str, int]:
+def _broker_death(h: Mapping[str, Any]) -> tuple[str, str, int]:
     """(error, queue, failed at ms) of a letter the broker dead-lettered, from its x-death."""
     reason = str(h.get("x-first-death-reason", ""))
     if not reason:
@@ -112,7 +112,7 @@ def _broker_death(h: dict[str, Any]) -> tuple[str, str, int]:
 
 
 def describe(delivery: AbstractIncomingMessage) -> DeadLetter:
-    h = dict(delivery.headers or {})
+    h = delivery.headers or {}
     text, app = _text_and_app(delivery.body)
     error, queue, failed_at = str(h.get(ERROR, "")), str(h.get(QUEUE, "")), _int(h.get(FAILED_AT))
     kind = str(h.get(ERROR_KIND, ""))
@@ -172,7 +172,8 @@ class Report:
     seen: int = 0
 
 
-Action = Callable[[AbstractConnection, AbstractChannel, AbstractIncomingMessage],
+# What an operation does with each selected letter: its delivery and what ``describe`` read.
+Action = Callable[[AbstractConnection, AbstractChannel, AbstractIncomingMessage, DeadLetter],
                   Awaitable[None]]
 
 
@@ -216,7 +217,7 @@ async def _scan(settings: Settings, selection: Selection | None, limit: int | No
                 continue  # stays unacked until the channel closes, then returns to the queue
             report.matched.append(letter)
             if action is not None:
-                await action(connection, channel, delivery)
+                await action(connection, channel, delivery, letter)
                 await delivery.ack()
                 report.moved += 1
         with contextlib.suppress(Exception):
@@ -244,12 +245,11 @@ async def replay(settings: Settings, selection: Selection, *, limit: int | None 
     destinations: Destinations | None = None
 
     async def move(connection: AbstractConnection, channel: AbstractChannel,
-                   delivery: AbstractIncomingMessage) -> None:
+                   delivery: AbstractIncomingMessage, letter: DeadLetter) -> None:
         nonlocal destinations
         if destinations is None:
             destinations = Destinations(connection, settings.prefix)
-        origin = describe(delivery).queue
-        key = await destinations.key_for(origin or None)
+        key = await destinations.key_for(letter.queue or None)
         headers = {k: v for k, v in (delivery.headers or {}).items()
                    if k not in (ERROR, ERROR_KIND, FAILED_AT, QUEUE, *_BROKER_DEATH)}
         headers[ATTEMPT] = 1
@@ -266,7 +266,7 @@ async def replay(settings: Settings, selection: Selection, *, limit: int | None 
 
 async def purge(settings: Settings, selection: Selection, *, dry_run: bool = False) -> Report:
     async def drop(connection: AbstractConnection, channel: AbstractChannel,
-                   delivery: AbstractIncomingMessage) -> None:
+                   delivery: AbstractIncomingMessage, letter: DeadLetter) -> None:
         return None
 
     return await _scan(settings, selection, None, None if dry_run else drop)
