@@ -152,7 +152,8 @@ class RedisProcess:
         return self.proc is not None and self.proc.poll() is None
 
 
-def _redis_server(port: int, base: Path, *extra: str) -> RedisProcess:
+def redis_server(port: int, base: Path, *extra: str) -> RedisProcess:
+    """A redis-server on 127.0.0.1:``port`` keeping nothing on disk; ``start()`` it."""
     args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
             "--dir", str(base), "--protected-mode", "no", *extra]
     return RedisProcess(port, base, args)
@@ -182,9 +183,9 @@ def start_sentinel_group(sentinels: int = 3) -> SentinelGroup:
     root = Path(tempfile.mkdtemp(prefix="botrelay-redis-"))
     name = f"brm{os.urandom(3).hex()}"
     primary_port, replica_port = free_port(), free_port()
-    primary = _redis_server(primary_port, root / "primary")
+    primary = redis_server(primary_port, root / "primary")
     # A replica refuses writes; the scripts only ever run on the primary Sentinel names.
-    replica = _redis_server(replica_port, root / "replica",
+    replica = redis_server(replica_port, root / "replica",
                             "--replicaof", "127.0.0.1", str(primary_port))
     group = SentinelGroup(name, primary, replica, [], root)
     try:

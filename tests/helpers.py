@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ import orjson
 
 from botrelay.shared import topology
 from botrelay.shared.broker import make_message
-from botrelay.shared.fake_cometchat import FakeCometChat
+from botrelay.shared.fake_cometchat import FakeCometChat, Recorded
 from botrelay.shared.headers import ATTEMPT, CONVERSATION, TRIGGER
 from botrelay.shared.settings import Settings
 
@@ -137,6 +137,28 @@ def reply_counts(fake: FakeCometChat) -> Counter[str]:
 
 def muid_counts(fake: FakeCometChat) -> Counter[str]:
     return Counter(r.body.get("muid", "") for r in fake.replies)
+
+
+def first_replies(fake: FakeCometChat) -> list[tuple[int, int, Recorded]]:
+    """(conversation, message, reply) for the first reply of each muid, in arrival order, in
+    tests whose callbacks say ``c<conversation> m<message>`` to the echo bot."""
+    seen: set[str] = set()
+    firsts: list[tuple[int, int, Recorded]] = []
+    for reply in fake.replies:
+        if reply.body["muid"] in seen:
+            continue
+        seen.add(reply.body["muid"])
+        c, m = reply.body["data"]["text"].removeprefix("echo: ").split()
+        firsts.append((int(c[1:]), int(m[1:]), reply))
+    return firsts
+
+
+def order_by_conversation(fake: FakeCometChat) -> dict[int, list[int]]:
+    """Each conversation's message numbers in the order their first reply reached the API."""
+    order: dict[int, list[int]] = defaultdict(list)
+    for c, m, _ in first_replies(fake):
+        order[c].append(m)
+    return order
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 
 import aio_pika
@@ -27,7 +27,7 @@ from tests.cluster_harness import (  # noqa: F401 - session fixtures
     rabbit_cluster,
     sentinel_group,
 )
-from tests.helpers import reply_counts, text_callback, wait_for
+from tests.helpers import order_by_conversation, reply_counts, text_callback, wait_for
 from tests.integration.processes import IngressProcess, free_port, start_worker, terminate_worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
@@ -39,14 +39,6 @@ PAUSE = 0.1  # between two messages of one conversation
 
 def _doc(c: int, m: int) -> dict:
     return text_callback(f"{c:03d}{m:03d}", f"c{c} m{m}", sender=f"cluster-user-{c}")
-
-
-def _order_by_conversation(replies: list) -> dict[int, list[int]]:
-    order: dict[int, list[int]] = defaultdict(list)
-    for reply in replies:
-        c, m = reply.body["data"]["text"].removeprefix("echo: ").split()
-        order[int(c[1:])].append(int(m[1:]))
-    return order
 
 
 async def _declare(settings: Settings, url: str) -> None:
@@ -134,7 +126,7 @@ async def test_node_and_primary_deaths_lose_nothing(
         counts = reply_counts(fake_api.fake)
         assert {t: n for t, n in counts.items() if n != 1} == {}
         assert set(counts) == expected
-        order = _order_by_conversation(fake_api.fake.replies)
+        order = order_by_conversation(fake_api.fake)  # exactly one reply each: checked above
         wrong = {c: o for c, o in order.items() if o != list(range(PER_CONVERSATION))}
         assert wrong == {}
     finally:

@@ -17,7 +17,9 @@ from botrelay.worker import Bot, Message
 from botrelay.worker.service import Worker
 from tests.helpers import (
     WorkerGroup,
+    first_replies,
     muid_counts,
+    order_by_conversation,
     resends_around,
     text_callback,
     wait_for,
@@ -57,29 +59,11 @@ async def _post_conversations(url: str, conversations: range, per: int) -> list[
 
 def _out_of_order(fake) -> dict[int, list[tuple[int, str, float]]]:
     """The conversations whose first replies are out of order: (message, sender, when) each."""
-    seen: set[str] = set()
     lines: dict[int, list[tuple[int, str, float]]] = defaultdict(list)
-    for reply in fake.replies:
-        if reply.body["muid"] in seen:
-            continue
-        seen.add(reply.body["muid"])
-        c, m = reply.body["data"]["text"].removeprefix("echo: ").split()
-        lines[int(c[1:])].append((int(m[1:]), reply.agent.rsplit("/", 1)[-1], round(reply.at, 3)))
+    for c, m, reply in first_replies(fake):
+        lines[c].append((m, reply.agent.rsplit("/", 1)[-1], round(reply.at, 3)))
     return {c: line for c, line in lines.items() if [m for m, *_ in line] != sorted(
         m for m, *_ in line)}
-
-
-def _order_by_conversation(fake) -> dict[int, list[int]]:
-    """Each conversation's message numbers in the order their first reply reached the API."""
-    seen: set[str] = set()
-    order: dict[int, list[int]] = defaultdict(list)
-    for reply in fake.replies:
-        if reply.body["muid"] in seen:
-            continue
-        seen.add(reply.body["muid"])
-        c, m = reply.body["data"]["text"].removeprefix("echo: ").split()
-        order[int(c[1:])].append(int(m[1:]))
-    return order
 
 
 async def _lease_holders(redis_client, prefix: str) -> list[str | None]:
@@ -113,7 +97,7 @@ async def test_three_workers_keep_each_conversation_in_order(
         total = CONVERSATIONS * PER_CONVERSATION
         assert statuses.count(200) == total
         assert await wait_for(lambda: len(fake_api.fake.replies) >= total, timeout=60)
-    order = _order_by_conversation(fake_api.fake)
+    order = order_by_conversation(fake_api.fake)
     assert all(order[c] == list(range(PER_CONVERSATION)) for c in range(CONVERSATIONS))
     by_worker = defaultdict(int)
     for reply in fake_api.fake.replies:
@@ -154,7 +138,7 @@ async def test_killed_worker_partitions_are_taken_over_in_order(
     held_by_victim = sum(1 for h in before if h and dead_id in h)
     print(f"\nvictim held {held_by_victim} partitions; taken over in {takeover:.1f}s")
     assert takeover is not None and takeover <= 10
-    order = _order_by_conversation(fake_api.fake)
+    order = order_by_conversation(fake_api.fake)
     assert all(order[c] == list(range(PER_CONVERSATION)) for c in range(CONVERSATIONS)), (
         _out_of_order(fake_api.fake))
     assert len(muid_counts(fake_api.fake)) == total  # nothing lost
@@ -179,7 +163,7 @@ async def test_a_fourth_worker_joining_gets_a_share(
         assert await wait_for(lambda: len(fake_api.fake.replies) >= total, timeout=60)
     print(f"\nthe fourth worker took partitions {mine}")
     assert mine
-    order = _order_by_conversation(fake_api.fake)
+    order = order_by_conversation(fake_api.fake)
     assert all(order[c] == list(range(PER_CONVERSATION)) for c in range(CONVERSATIONS)), (
         _out_of_order(fake_api.fake))
     assert len(fake_api.fake.replies) == total
@@ -204,7 +188,7 @@ async def test_a_retry_holds_the_conversation_behind_it(
         assert await wait_for(lambda: len(fake_api.fake.replies) >= 24, timeout=30)
         await asyncio.wait_for(worker.until_idle(), 20)
         parked = worker.metrics.deliveries.labels("parked")._value.get()
-    order = _order_by_conversation(fake_api.fake)
+    order = order_by_conversation(fake_api.fake)
     assert order == {0: list(range(8)), 1: list(range(8)), 2: list(range(8))}
     assert failed_once == {"c0 m3", "c1 m0"}
     assert parked > 0  # later messages did wait behind the retried ones

@@ -15,14 +15,13 @@ import asyncio
 import importlib
 import pkgutil
 import shutil
-import subprocess
 import tempfile
 import time
-from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 
 import botrelay.worker
@@ -32,7 +31,8 @@ from botrelay.worker import Bot, Message
 from botrelay.worker.dedup import RedisDedup, Status
 from botrelay.worker.liveness import Liveness
 from botrelay.worker.service import Worker
-from tests.helpers import post_all, text_callback, wait_for
+from tests.cluster_harness import redis_server
+from tests.helpers import muid_counts, order_by_conversation, post_all, text_callback, wait_for
 from tests.integration.tls_servers import installed
 from tests.rabbit_node import free_dist_port
 
@@ -44,37 +44,23 @@ ROUND_GAP = 0.25  # seconds between rounds: the stream outlasts the join's hand-
 
 @pytest.fixture(scope="module")
 def cluster_url() -> Iterator[str]:
-    server = installed("redis-server", "redis-server")
+    installed("redis-server", "redis-server")
     folder = Path(tempfile.mkdtemp(prefix="botrelay-redis-cluster-"))
     port = free_dist_port()  # its cluster bus listens on port + 10000: free too
-    log = open(folder / "redis.log", "wb")  # noqa: SIM115 - the child keeps it
-    process = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
-         "--cluster-config-file", str(folder / "nodes.conf"), "--save", "", "--appendonly",
-         "no", "--dir", str(folder)],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    log.close()
-    cli = shutil.which("redis-cli") or "redis-cli"
+    server = redis_server(port, folder, "--cluster-enabled", "yes",
+                          "--cluster-config-file", str(folder / "nodes.conf"))
     try:
-        stop_at = time.monotonic() + 15
-        while subprocess.run([cli, "-p", str(port), "ping"], capture_output=True,
-                             check=False).stdout.strip() != b"PONG":
-            if time.monotonic() > stop_at:
-                raise TimeoutError("the cluster-mode redis-server did not start: "
-                                   + (folder / "redis.log").read_text()[-2000:])
-            time.sleep(0.05)
-        subprocess.run([cli, "-p", str(port), "cluster", "addslotsrange", "0", "16383"],
-                       check=True, capture_output=True)
-        while b"cluster_state:ok" not in subprocess.run(
-                [cli, "-p", str(port), "cluster", "info"], capture_output=True,
-                check=False).stdout:
-            if time.monotonic() > stop_at:
-                raise TimeoutError("the one-node cluster did not become ready")
-            time.sleep(0.05)
+        server.start()
+        with redis.Redis(port=port) as client:
+            client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+            stop_at = time.monotonic() + 15
+            while client.cluster("INFO").get("cluster_state") != "ok":
+                if time.monotonic() > stop_at:
+                    raise TimeoutError("the one-node cluster did not become ready")
+                time.sleep(0.05)
         yield f"redis://127.0.0.1:{port}/0"
     finally:
-        process.kill()
-        process.wait(10)
+        server.sigkill()
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -135,11 +121,9 @@ async def test_the_pipeline_runs_on_redis_cluster_slots(
             assert statuses.count(200) == total
             assert await wait_for(lambda: len(fake_api.fake.replies) >= total, timeout=60)
             await asyncio.sleep(0.5)
-    order: dict[int, list[int]] = defaultdict(list)
-    for reply in fake_api.fake.replies:
-        c, m = reply.body["data"]["text"].removeprefix("echo: ").split()
-        order[int(c[1:])].append(int(m[1:]))
-    assert order == {c: list(range(PER_CONVERSATION)) for c in range(CONVERSATIONS)}
+    assert set(muid_counts(fake_api.fake).values()) == {1}  # exactly one reply each
+    assert order_by_conversation(fake_api.fake) == {
+        c: list(range(PER_CONVERSATION)) for c in range(CONVERSATIONS)}
     assert failed_once == {"c1 m2", "c5 m0"}
 
 
