@@ -137,13 +137,20 @@ def reckon(name: str, sender: Sender, fake: Any, started: float, note: str) -> C
     return got
 
 
-async def test_long_outage_every_post_answered_in_time_and_replied_once(
-        make_settings, fake_api: RunningFake, amqp_proxy, redis_url, redis_client,
-        tmp_path: Path) -> None:
+@pytest.fixture
+def spooling(make_settings, amqp_proxy, redis_url, redis_client, tmp_path: Path):
+    """(the broker's proxy, the ingress's settings: through the proxy and spooling after a 1 s
+    publish timeout, the worker's settings: straight to the broker). Redis keys go with the
+    test's prefix (``redis_client``)."""
     proxy, proxied_url = amqp_proxy
-    worker_settings = make_settings(redis_url=redis_url)
-    settings = make_settings(amqp_url=proxied_url, redis_url=redis_url, publish_timeout=1.0,
-                             spool_dir=str(tmp_path / "spool"))
+    ingress = make_settings(amqp_url=proxied_url, redis_url=redis_url, publish_timeout=1.0,
+                            spool_dir=str(tmp_path / "spool"))
+    return proxy, ingress, make_settings(redis_url=redis_url)
+
+
+async def test_long_outage_every_post_answered_in_time_and_replied_once(
+        spooling, fake_api: RunningFake, tmp_path: Path) -> None:
+    proxy, settings, worker_settings = spooling
     ingress = await IngressProcess(settings, free_port(), tmp_path / "ingress.log").start()
     worker = await start_worker(worker_settings, tmp_path / "worker.log")
     sender = Sender(f"{ingress.url}/callback", int(RATE * (OUTAGE + 6)))
@@ -178,12 +185,8 @@ async def test_long_outage_every_post_answered_in_time_and_replied_once(
 
 
 async def test_ingress_killed_during_the_outage_forwards_its_spool_after_restart(
-        make_settings, fake_api: RunningFake, amqp_proxy, redis_url, redis_client,
-        tmp_path: Path) -> None:
-    proxy, proxied_url = amqp_proxy
-    worker_settings = make_settings(redis_url=redis_url)
-    settings = make_settings(amqp_url=proxied_url, redis_url=redis_url, publish_timeout=1.0,
-                             spool_dir=str(tmp_path / "spool"))
+        spooling, fake_api: RunningFake, tmp_path: Path) -> None:
+    proxy, settings, worker_settings = spooling
     log_path = tmp_path / "ingress.log"
     ingress = await IngressProcess(settings, free_port(), log_path).start()
     worker = await start_worker(worker_settings, tmp_path / "worker.log")
