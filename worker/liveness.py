@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 import uuid
 from typing import Protocol
@@ -45,6 +46,30 @@ def alive_prefix(prefix: str) -> str:
     keys in the slot of the partition leases and the members set (``worker.partitions``), whose
     scripts read them, so those scripts stay within one slot on Redis Cluster."""
     return f"{prefix}:alive:{{{prefix}}}:"
+
+
+TAG_DIGITS = 4  # hex digits of the tag a restarted session adds to its name
+
+
+def session_key(prefix: str, worker: str, session: int, tag: str = "") -> str:
+    """A session's liveness key: ``P:alive:{P}:<worker>.<session>``, and ``.<tag>`` after a
+    restart, so that a session name is never used twice."""
+    return f"{alive_prefix(prefix)}{worker}.{session}" + (f".{tag}" if tag else "")
+
+
+# The shortest worker id that leaves a session number and, maybe, a tag: a tag can be all
+# decimal digits (1 in 6.5), which a greedy match would take for the session number.
+_SESSION = re.compile(rf"^(?P<worker>.+?)\.\d+(?:\.[0-9a-f]{{{TAG_DIGITS}}})?$")
+
+
+def worker_of(prefix: str, name: str) -> str:
+    """The worker id in a session's liveness key (``session_key``), in a bare session name
+    (``<worker>.<session>[.<tag>]``), or a worker id given alone."""
+    alive = alive_prefix(prefix)
+    if name.startswith(alive):
+        name = name[len(alive):]
+    found = _SESSION.match(name)
+    return found["worker"] if found else name
 
 
 class Live(Protocol):
@@ -89,14 +114,11 @@ class Liveness:
         self.worker = worker
         self.ttl, self.interval, self.margin = ttl, interval, margin
         self._session = 0
-        self._owner = self._name(0)
+        self._owner = session_key(prefix, worker, 0)
         self._until = 0.0  # monotonic deadline of the current session
         self._renewed = asyncio.Event()  # set by each successful heartbeat
         self.sessions_lost = 0
         self.last_error: str | None = None  # why the last heartbeat failed, for ``start``
-
-    def _name(self, session: int) -> str:
-        return f"{alive_prefix(self.prefix)}{self.worker}.{session}"
 
     @property
     def owner(self) -> str:
@@ -158,7 +180,8 @@ class Liveness:
             with contextlib.suppress(*_ERRORS):
                 await self.client.delete(self._owner)
         self._session += 1
-        self._owner = self._name(self._session) + f".{uuid.uuid4().hex[:4]}"
+        self._owner = session_key(self.prefix, self.worker, self._session,
+                                  uuid.uuid4().hex[:TAG_DIGITS])
 
     async def _register(self, sent: float) -> bool:
         ok = await self.client.set(self._owner, "1", px=int(self.ttl * 1000), nx=True)

@@ -11,13 +11,12 @@ console changes nothing there.
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from botrelay.worker.liveness import alive_prefix
+from botrelay.worker.liveness import worker_of
 from botrelay.worker.partitions import lease_key, members_key
 
 
@@ -32,28 +31,14 @@ def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-_SESSION = re.compile(r"^(?P<worker>.+)\.\d+(?:\.[0-9a-f]+)?$")
-
-
-def _worker_of(prefix: str, name: str) -> str:
-    """The worker id in a member or lease value: a worker's session, as its liveness key
-    (``P:alive:{P}:<worker id>.<session>[.<tag>]``, ``worker.liveness``) or bare
-    (``<worker id>.<session>``), or a worker id alone."""
-    alive = alive_prefix(prefix)
-    if name.startswith(alive):
-        name = name[len(alive):]
-    found = _SESSION.match(name)
-    return found["worker"] if found else name
-
-
 async def read(client: aioredis.Redis, prefix: str, partitions: int) -> list[WorkerRow]:
     now_ms = time.time() * 1000
-    live = [_worker_of(prefix, _text(m))
+    live = [worker_of(prefix, _text(m))
             for m in await client.zrangebyscore(members_key(prefix), now_ms, "+inf")]
     owners = await client.mget([lease_key(prefix, n) for n in range(partitions)]) \
         if partitions else []
     held: dict[str, list[int]] = {member: [] for member in live}
     for n, owner in enumerate(owners):
         if owner is not None:
-            held.setdefault(_worker_of(prefix, _text(owner)), []).append(n)
+            held.setdefault(worker_of(prefix, _text(owner)), []).append(n)
     return [WorkerRow(member, tuple(held[member]), member in live) for member in sorted(held)]
